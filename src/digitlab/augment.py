@@ -1,0 +1,63 @@
+"""Batched random affine augmentation (rotation, zoom, translation) with per-sample parameters."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AffineParams:
+    """Per-sample parameters: angle in degrees, scale (>1 zooms in), shift as a fraction of the side."""
+
+    angle: torch.Tensor  # (N,)
+    scale: torch.Tensor  # (N,)
+    shift: torch.Tensor  # (N, 2) as (x, y)
+
+
+def sample_affine(
+    n: int, rotate: float, zoom: float, translate: float, generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> AffineParams:
+    """Draw uniform angles in ±rotate degrees, scales in 1±zoom and shifts in ±translate of the side."""
+    u = torch.rand(n, 4, generator=generator, device=device) * 2 - 1  # one draw for all four: fewer kernel calls
+    return AffineParams(angle=u[:, 0] * rotate, scale=1 + u[:, 1] * zoom, shift=u[:, 2:] * translate)
+
+
+def affine_matrices(p: AffineParams) -> torch.Tensor:
+    """(N, 2, 3) matrices for `affine_grid`, which maps *output* coordinates to *input* coordinates."""
+    a = p.angle * (math.pi / 180)
+    cos, sin = torch.cos(a) / p.scale, torch.sin(a) / p.scale
+    # Normalised coordinates span [-1, 1], so a shift of f of the side is 2f; sampling from -shift moves ink by +shift.
+    tx, ty = -2 * p.shift[:, 0], -2 * p.shift[:, 1]
+    return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+
+
+def apply_affine(x: torch.Tensor, p: AffineParams) -> torch.Tensor:
+    """Warp a batch (N, C, H, W) with bilinear sampling; outside pixels are black (0), as MNIST's background."""
+    grid = F.affine_grid(affine_matrices(p).to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_affine(
+    x: torch.Tensor, rotate: float, zoom: float, translate: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Augment a whole batch at once: one grid_sample call, no per-image Python."""
+    if rotate == 0 and zoom == 0 and translate == 0:
+        return x
+    return apply_affine(x, sample_affine(len(x), rotate, zoom, translate, generator, x.device))
+
+
+def shift_batch(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Shift images by whole pixels, filling with black (used by test-time augmentation)."""
+    if dx == 0 and dy == 0:
+        return x
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out

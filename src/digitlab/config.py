@@ -1,0 +1,106 @@
+"""Training configuration: one typed dataclass and the named presets that fill it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from digitlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Saved as `config.json` in the run directory."""
+
+    preset: str = "seed"
+    model: str = "seed"  # name in digitlab.models.MODELS
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: str = "mnist"  # a dataset name (mnist, fashion-mnist) or a path (IDX dir, Kaggle CSV, image folder)
+    val_fraction: float = 0.2  # stratified, seeded split of the training data
+    limit: int | None = None  # use only this many training images (tests, dry runs)
+    test_limit: int | None = None  # use only this many test images (tests, dry runs)
+    seed: int = 42
+    epochs: int = 50
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | sgd (Nesterov)
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "plateau"  # plateau (reduce-on-plateau on val loss) | onecycle
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    min_lr: float = 1e-5
+    warmup_frac: float = 0.25  # onecycle: fraction of steps spent rising to the peak lr
+    early_stop_patience: int | None = 10  # epochs without val-loss improvement; None disables
+    label_smoothing: float = 0.0
+    rotate: float = 10.0  # augmentation: max rotation in degrees (uniform in ±rotate)
+    zoom: float = 0.1  # augmentation: max relative zoom (scale uniform in 1±zoom)
+    translate: float = 0.1  # augmentation: max shift as a fraction of the image side
+    tta: bool = False  # test-time augmentation (average over small shifts) at evaluation
+    eval_every: int = 1  # validate every N epochs (the last epoch is always validated)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def override(self, **changes: Any) -> TrainConfig:
+        """Return a copy with the given fields changed; None values are ignored (CLI options left unset)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return replace(self, **changes)
+
+
+# The documented reference model ("seed"), faithfully: see ../shared/REFERENCE.md and docs/seed.md.
+SEED = TrainConfig()
+
+# Our fast recipe: best accuracy per second on 2 CPU cores. Every trick is named in digitlab.models.FastNet
+# and in the README's "fast recipe" section.
+FAST = TrainConfig(
+    preset="fast",
+    model="fast",
+    val_fraction=0.1,
+    epochs=4,
+    batch_size=256,
+    optimizer="sgd",
+    lr=0.2,
+    momentum=0.9,
+    weight_decay=5e-4,
+    schedule="onecycle",
+    warmup_frac=0.2,
+    early_stop_patience=None,
+    label_smoothing=0.1,
+    rotate=10.0,
+    zoom=0.1,
+    translate=0.1,
+    tta=True,
+    eval_every=1000,  # only the final epoch is validated: validation costs time and chooses nothing here
+)
+
+PRESETS: dict[str, TrainConfig] = {"seed": SEED, "fast": FAST}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """Look up a preset by name; an unknown name lists the valid ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(fields(TrainConfig))

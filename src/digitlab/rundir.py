@@ -1,0 +1,115 @@
+"""The run directory: the contract between training and everything after it (layout in docs/run-directory.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from digitlab.config import TrainConfig
+from digitlab.errors import RunDirError
+from digitlab.models import build_model
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory. Creating the object touches nothing on disk."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoint_dir / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "calibration.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+    def plot(self, name: str) -> Path:
+        """`curves`, `confusion`, `errors`, `reliability` -> plots/<name>.png"""
+        return self.plots / f"{name}.png"
+
+    def require(self) -> RunDir:
+        """Raise a one-line RunDirError unless this looks like a finished run."""
+        if not self.root.is_dir():
+            raise RunDirError(f"no run directory at {self.root} — run `digitlab train --out {self.root}` first")
+        if not self.best.exists():
+            raise RunDirError(f"no checkpoint in {self.root} (expected {self.best}) — run `digitlab train` first")
+        return self
+
+    def read_config(self) -> TrainConfig:
+        if not self.config.exists():
+            raise RunDirError(f"{self.root}: missing config.json")
+        return TrainConfig.load(self.config)
+
+    def read_metrics(self) -> dict[str, Any]:
+        if not self.metrics.exists():
+            raise RunDirError(f"{self.root}: missing metrics.json — run `digitlab evaluate {self.root}`")
+        return json.loads(self.metrics.read_text())
+
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        """Write JSON atomically, so a crash never leaves a half-written file behind."""
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+
+def save_weights(path: Path, model: nn.Module, config: TrainConfig, **extra: Any) -> None:
+    """A self-describing checkpoint: the model's name and arguments travel with its weights."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": config.model, "model_args": config.model_args, "state_dict": model.state_dict(),
+                "config": json.loads(config.to_json()), **extra}, tmp)  # fmt: skip
+    tmp.replace(path)
+
+
+def load_model(run: Path | RunDir, checkpoint: str = "best", device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model from a run directory's checkpoint alone, in eval mode."""
+    rd = run if isinstance(run, RunDir) else RunDir(Path(run))
+    path = rd.require().best if checkpoint == "best" else rd.last
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a corrupt or truncated file: report it in one line
+        raise RunDirError(f"cannot load checkpoint {path}: {e}") from None
+    model = build_model(ckpt["model"], **ckpt.get("model_args", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()
