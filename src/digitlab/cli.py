@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -31,10 +32,297 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------- train / evaluate
 
 
+class RichReporter:
+    """Training progress: one Rich bar per epoch (loss, accuracy, lr) and a summary line when it ends."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}  lr {task.fields[lr]:.2e}"),
+            TimeElapsedColumn(), console=console, transient=True,
+        )  # fmt: skip
+        self.task = None
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, completed=done, epoch=f"{epoch}/{epochs}",
+                                           loss=0.0, acc=0.0, lr=0.0)  # fmt: skip
+        self._loss, self._acc, self._n = 0.0, 0.0, 0
+
+    def step(self, loss: float, accuracy: float, lr: float) -> None:
+        self._n += 1
+        self._loss += (loss - self._loss) / self._n  # running means over the epoch so far
+        self._acc += (accuracy - self._acc) / self._n
+        self.progress.update(self.task, advance=1, loss=self._loss, acc=self._acc, lr=lr)
+
+    def end_epoch(self, row: dict) -> None:
+        self.progress.remove_task(self.task)
+        self.progress.stop()
+        val = ""
+        if row.get("val_accuracy") is not None:
+            val = f"  val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4%}"
+        console.print(
+            f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.4%}{val}"
+            f"  lr {row['lr']:.2e}  [{row['seconds']:.0f} s]",
+            highlight=False,
+        )
+
+
+@app.command()
+def train(
+    preset: str = typer.Option("seed", help="Named preset: seed (the reference model) or fast."),
+    out: Path = typer.Option(None, "--out", help="Run directory to create (default runs/<preset>-<seed>)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
+    data: str = typer.Option(None, help="Dataset name (mnist, fashion-mnist) or path (IDX dir, CSV, folder)."),
+    epochs: int = typer.Option(None, help="Maximum number of epochs."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Batch size."),
+    lr: float = typer.Option(None, help="(Peak) learning rate."),
+    seed: int = typer.Option(None, help="Random seed (split, init, shuffling, augmentation)."),
+    val_fraction: float = typer.Option(None, "--val-fraction", help="Share of training data held out."),
+    limit: int = typer.Option(None, help="Train on a stratified subset of this many images (dry runs)."),
+    test_limit: int = typer.Option(None, "--test-limit", help="Evaluate on the first N test images only."),
+    device: str = typer.Option(None, help="auto, cpu, cuda or mps."),
+    threads: int = typer.Option(None, help="CPU threads for torch."),
+    padding: str = typer.Option(None, help="seed model only: 'valid' (Keras default) or 'same'."),
+) -> None:
+    """Train a model into a run directory, then evaluate it on the official test set."""
+    from digitlab.config import get_preset
+    from digitlab.train import Interrupted
+    from digitlab.train import train as run_training
+
+    if resume is not None:
+        config, out = None, resume
+    else:
+        config = get_preset(preset)
+        model_args = dict(config.model_args, padding=padding) if padding else None
+        config = config.override(
+            data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
+            limit=limit, test_limit=test_limit, device=device, threads=threads, model_args=model_args,
+        )  # fmt: skip
+        out = out or Path("runs") / f"{config.preset}-{config.seed}"
+        console.print(f"[bold]training[/] preset={config.preset} model={config.model} seed={config.seed} → {out}")
+    try:
+        result = run_training(config, out, resume=resume is not None, reporter=RichReporter())  # type: ignore[arg-type]
+    except Interrupted:
+        err_console.print(f"interrupted: checkpoint saved; continue with `digitlab train --resume {out}`")
+        raise typer.Exit(130) from None
+    _print_summary(result.metrics, out)
+
+
+def _print_summary(m: dict, out: Path) -> None:
+    test = m.get("test", {})
+    val = m.get("val", {}).get("accuracy")
+    line = f"[bold green]done[/] {m['params']:,} params, {m['train_seconds']:.1f} s training"
+    if val is not None:
+        line += f", val acc {val:.4%}"
+    if test:
+        line += f", [bold]test acc {test['accuracy']:.4%}[/]"
+    console.print(line)
+    console.print(f"run directory: {out} (report: {out / 'report.md'})")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory written by `digitlab train`."),
+    data: str | None = typer.Option(
+        None, "--data", help="Evaluate on another dataset (name or path); results go to RUN/eval/<name>/."
+    ),
+) -> None:
+    """Evaluate a run's best checkpoint on the official test set: metrics.json, report.md and plots."""
+    from digitlab.evaluate import evaluate_run
+
+    with console.status("evaluating…") as status:
+        metrics = evaluate_run(run, data=data, progress=lambda msg: status.update(f"{msg}…"))
+    test = metrics["test"]
+    lo, hi = test["accuracy_ci95"]
+    console.print(
+        f"[bold green]{test['dataset']}[/] test accuracy [bold]{test['accuracy']:.2%}[/] "
+        f"(95% CI {lo:.2%}–{hi:.2%}; {test['errors']:,} errors of {test['n']:,})  "
+        f"NLL {test['nll']:.4f}  ECE {test['ece']:.2%}",
+        highlight=False,
+    )
+    console.print(f"report: {Path(run) / test['report']}", highlight=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------------------------------------- data
+
+DATASET_HELP = "A dataset name (mnist, fashion-mnist) or a path (IDX directory, Kaggle CSV, image folder)."
+
+
+@data_app.command("info")
+def data_info(dataset: str = typer.Argument("mnist", help=DATASET_HELP)) -> None:
+    """Show a dataset's source, split sizes, class counts and pixel mean/std (pixels scaled to [0, 1])."""
+    from rich.table import Table
+
+    from digitlab.data import NUM_CLASSES, class_counts, load_dataset, pixel_stats
+
+    ds = load_dataset(dataset)
+    splits = {"train": ds.train, "test": ds.test}
+    table = Table(title=f"dataset: {ds.name}", caption=f"source: {ds.source}", caption_justify="left")
+    table.add_column("", style="bold")
+    for name in splits:
+        table.add_column(name, justify="right")
+
+    def cells(fn) -> list[str]:
+        return [fn(split) if split is not None else "-" for split in splits.values()]
+
+    table.add_row("examples", *cells(lambda s: str(len(s))))
+    counts = {n: None if s is None or s.labels is None else class_counts(s.labels) for n, s in splits.items()}
+    for c in range(NUM_CLASSES):
+        table.add_row(f"class {c}", *[("-" if n is None else str(n[c])) for n in counts.values()])
+    stats = {name: None if s is None else pixel_stats(s.images) for name, s in splits.items()}
+    table.add_row("pixel mean", *[("-" if st is None else f"{st[0]:.4f}") for st in stats.values()])
+    table.add_row("pixel std", *[("-" if st is None else f"{st[1]:.4f}") for st in stats.values()])
+    console.print(table)
+
+
+@data_app.command("verify")
+def data_verify(dataset: str = typer.Argument("mnist", help=DATASET_HELP)) -> None:
+    """Load a dataset with every check (SHA-256 of IDX files included): print 'ok' or the problem (exit 1)."""
+    from digitlab.data import verify_dataset
+
+    ds, checked = verify_dataset(dataset)
+    counts = f"train {len(ds.train)}" + ("" if ds.test is None else f", test {len(ds.test)}")
+    how = f"{len(checked)} file checksums match" if checked else "structure checked, no checksums to compare"
+    line = f"[bold green]ok[/] {ds.name}: {counts}; {how} ({ds.source})"
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="mnist or fashion-mnist."),
+    directory: str | None = typer.Option(
+        None, "--dir", help="Destination folder [default: <data dir>/NAME, where `load` finds it by name]."
+    ),
+    mirror: list[str] | None = typer.Option(  # noqa: B008 (typer's documented style)
+        None, "--mirror", help="Mirror base URL to try, in order (repeatable); replaces the built-in list."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    timeout: float = typer.Option(30.0, "--timeout", min=1, help="Network timeout in seconds."),
+) -> None:
+    """Download a dataset's four IDX files (checksums verified, atomic writes) and write SHA256SUMS."""
+    from pathlib import Path
+
+    from digitlab.data import project_data_dir
+    from digitlab.download import download_dataset
+
+    dest = Path(directory) if directory else project_data_dir() / name
+    dest = download_dataset(name, dest, mirrors=mirror or None, progress=progress, timeout=timeout)
+    console.print(f"[bold green]ok[/] {name} in {dest} (checksums verified)", highlight=False, soft_wrap=True)
+
+
+@data_app.command("export-png")
+def data_export_png(
+    dataset: str = typer.Argument(..., help=DATASET_HELP),
+    out: str = typer.Option(..., "--out", help="New folder to write <label>/<index>.png into."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Export only the first N images."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Write a split as an image folder OUT/<label>/<index>.png (the format the image-folder loader reads)."""
+    from pathlib import Path
+
+    from digitlab.data import export_image_folder, load_dataset
+    from digitlab.errors import DataError
+
+    if split not in ("train", "test"):
+        raise typer.BadParameter(f"{split!r} is not one of 'train', 'test'", param_hint="--split")
+    ds = load_dataset(dataset)
+    chosen = ds.train if split == "train" else ds.test
+    if chosen is None:
+        raise DataError(f"{dataset}: has no test split; use --split train")
+    n = export_image_folder(chosen, Path(out), limit=limit, progress=progress)
+    console.print(f"[bold green]ok[/] wrote {n} PNGs to {out}", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------- runs
+
+
+def _load_run_summary(run: Path) -> dict:
+    """config.json and metrics.json of a run, leniently: a missing or broken file gives empty fields."""
+    import json
+
+    out: dict = {}
+    for name in ("config.json", "metrics.json"):
+        try:
+            out[name] = json.loads((run / name).read_text())
+        except (OSError, ValueError):
+            out[name] = {}
+    return out
+
+
+def _run_figures(run: Path) -> dict[str, str]:
+    """The key figures of a run as display strings ('—' where a figure is missing)."""
+    s = _load_run_summary(run)
+    cfg, m = s["config.json"], s["metrics.json"]
+    val, test = m.get("val") or {}, m.get("test") or {}
+
+    def pct(x: object) -> str:
+        return f"{x:.2%}" if isinstance(x, (int, float)) else "—"
+
+    def num(x: object, fmt: str = "{:,}") -> str:
+        return fmt.format(x) if isinstance(x, (int, float)) else "—"
+
+    ci = test.get("accuracy_ci95")
+    return {
+        "preset": str(m.get("preset") or cfg.get("preset") or "—"),
+        "model": str(m.get("model") or cfg.get("model") or "—"),
+        "params": num(m.get("params")),
+        "epochs": num(m.get("epochs")),
+        "train seconds": num(m.get("train_seconds"), "{:,.1f}"),
+        "val accuracy": pct(val.get("accuracy")),
+        "test accuracy": pct(test.get("accuracy")),
+        "test 95% CI": f"{pct(ci[0])}–{pct(ci[1])}" if ci else "—",
+        "test errors": num(test.get("errors")) + (f" / {test['n']:,}" if "n" in test else ""),
+        "NLL": num(test.get("nll"), "{:.4f}"),
+        "ECE": pct(test.get("ece")),
+    }
+
+
+@runs_app.command("list")
+def runs_list(root: Path = typer.Argument(Path("runs"), help="Folder to search for run directories.")) -> None:
+    """List the run directories under ROOT with their headline figures."""
+    from rich.table import Table
+
+    from digitlab.errors import RunDirError
+
+    if not root.is_dir():
+        raise RunDirError(f"no runs folder at {root} — train one with `digitlab train --out {root}/<name>`")
+    runs = sorted(p.parent for p in root.rglob("config.json") if (p.parent / "checkpoint").is_dir())
+    if not runs:
+        console.print(f"no runs under {root}", highlight=False)
+        return
+    table = Table(title=f"runs in {root}")
+    table.add_column("run", style="bold")
+    cols = ("preset", "params", "val accuracy", "test accuracy", "train seconds")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "preset" else "right")
+    for run in runs:
+        fig = _run_figures(run)
+        table.add_row(run.relative_to(root).as_posix(), *(fig[c] for c in cols))
+    console.print(table)
+
+
+@runs_app.command("compare")
+def runs_compare(runs: list[Path] = typer.Argument(..., help="Run directories to compare.")) -> None:  # noqa: B008
+    """Compare runs side by side: one column per run, one row per key figure."""
+    from rich.table import Table
+
+    from digitlab.errors import RunDirError
+
+    for run in runs:
+        if not (run / "config.json").is_file():
+            raise RunDirError(f"{run}: not a run directory (no config.json)")
+    table = Table(title="run comparison")
+    table.add_column("", style="bold")
+    for run in runs:
+        table.add_column(run.name or str(run), justify="right", overflow="fold")
+    figures = [_run_figures(run) for run in runs]
+    for key in figures[0]:
+        table.add_row(key, *(f[key] for f in figures))
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,387 @@
+"""Training: the loop, validation, checkpoints, resume, and clean stops on Ctrl-C / SIGTERM.
+
+    digitlab train --preset fast --out runs/fast        # the CLI edge; this module is the library underneath
+
+The loop is pytorch/examples' canonical one with the reference's callbacks: reduce-on-plateau (or one-cycle),
+early stopping that restores the best weights, best-checkpoint saving. A stop request (signal) is honoured after
+the current step: `checkpoint/last.pt` then holds everything needed to continue bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from digitlab.augment import random_affine
+from digitlab.config import TrainConfig
+from digitlab.data import Dataset, Split, load_dataset, stratified_split
+from digitlab.errors import ConfigError, RunDirError
+from digitlab.evaluate import predict_logits, to_tensor
+from digitlab.models import build_model, count_params
+from digitlab.rundir import RunDir, save_weights
+
+HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+class Reporter(Protocol):
+    """Progress sink; the CLI passes a Rich one, tests pass nothing."""
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
+    def step(self, loss: float, accuracy: float, lr: float) -> None: ...
+    def end_epoch(self, row: dict[str, Any]) -> None: ...
+
+
+class Interrupted(Exception):
+    """Training stopped on request; `last.pt` holds a resumable checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_data(ds: Dataset, config: TrainConfig) -> tuple[Split, Split]:
+    """(train, val): an optional seeded stratified subset (`limit`), then the stratified validation split."""
+    train = ds.train
+    if train.labels is None:
+        raise ConfigError(f"{ds.source}: training data has no labels")
+    if config.limit is not None and config.limit < len(train):
+        keep, _ = stratified_split(train.labels, 1 - config.limit / len(train), config.seed)
+        train = train.subset(keep)
+    tr, va = stratified_split(train.labels, config.val_fraction, config.seed)
+    return train.subset(tr), train.subset(va)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        # No weight decay on BatchNorm parameters and biases: decaying them only fights the normalisation.
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        groups = [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0},
+        ]
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose adam or sgd")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Any:
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt,
+            mode="min",
+            factor=config.plateau_factor,
+            patience=config.plateau_patience,
+            min_lr=config.min_lr,
+        )
+    if config.schedule == "onecycle":
+        # Linear warm-up from lr/10 to lr, then linear decay to 0 (a hand-written LambdaLR: torch's OneCycleLR
+        # goes negative at the end of very short runs).
+        total, warm = (
+            config.epochs * steps_per_epoch,
+            max(1, round(config.warmup_frac * config.epochs * steps_per_epoch)),
+        )
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return 0.1 + 0.9 * step / warm
+            return max(0.0, (total - step) / max(1, total - warm))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    raise ConfigError(f"unknown schedule {config.schedule!r}; choose plateau or onecycle")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: flag["stop"]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _evaluate_split(
+    model: nn.Module, split: Split, config: TrainConfig, device: torch.device
+) -> dict[str, float]:
+    logits = torch.from_numpy(predict_logits(model, split.images, tta=False, device=device))
+    labels = torch.from_numpy(split.labels)
+    loss = F.cross_entropy(logits, labels).item()
+    acc = (logits.argmax(1) == labels).float().mean().item()
+    return {"loss": loss, "accuracy": acc}
+
+
+def _append_history(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+class _State:
+    """Everything that changes during training and must survive a resume."""
+
+    def __init__(self) -> None:
+        self.epoch = 0  # epochs fully completed
+        self.step = 0  # steps completed inside the current epoch
+        self.perm: torch.Tensor | None = None  # the current epoch's order
+        self.best_loss = float("inf")
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.train_seconds = 0.0
+        self.epoch_loss = 0.0
+        self.epoch_correct = 0
+        self.epoch_seen = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load(self, d: dict[str, Any]) -> None:
+        for k, v in d.items():
+            setattr(self, k, v)
+
+
+def _save_last(
+    rd: RunDir, model, opt, sched, state: _State, gen: torch.Generator, config: TrainConfig
+) -> None:
+    path = rd.last
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "model": config.model, "model_args": config.model_args, "state_dict": model.state_dict(),
+        "config": json.loads(config.to_json()), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "state": state.to_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+    }, tmp)  # fmt: skip
+    tmp.replace(path)
+
+
+def train(
+    config: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    dataset: Dataset | None = None,
+    evaluate_test: bool = True,
+) -> TrainResult:
+    """Train `config` into run directory `out`; with `resume`, continue from `out/checkpoint/last.pt`.
+
+    Raises `Interrupted` after saving `last.pt` when `should_stop()` turns true.
+    """
+    rd = RunDir(Path(out))
+    if resume:
+        if not rd.last.exists():
+            raise RunDirError(f"nothing to resume in {rd.root} (no {rd.last})")
+        config = rd.read_config()
+    elif rd.metrics.exists() or rd.last.exists():
+        raise RunDirError(f"{rd.root} already holds a run; choose a new --out or use --resume")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+
+    ds = dataset if dataset is not None else load_dataset(config.data)
+    train_split, val_split = split_data(ds, config)
+    x_all = to_tensor(train_split.images).to(device)  # the whole training set as one tensor: no DataLoader
+    y_all = torch.from_numpy(train_split.labels).to(device)
+    n = len(x_all)
+    steps_per_epoch = max(1, n // config.batch_size)  # drop the ragged last batch: same shapes every step
+
+    model = build_model(config.model, **config.model_args).to(device)
+    channels_last = (
+        device.type == "cpu" and config.model == "fast"
+    )  # measured: ~30% faster for FastNet on CPU
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, config)
+    sched = make_scheduler(opt, config, steps_per_epoch)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)  # shuffling + augmentation
+    state = _State()
+
+    rd.root.mkdir(parents=True, exist_ok=True)
+    if resume:
+        ckpt = torch.load(rd.last, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        state.load(ckpt["state"])
+        gen.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        np.random.set_state(ckpt["numpy_rng"])
+        random.setstate(ckpt["python_rng"])
+    else:
+        rd.config.write_text(config.to_json() + "\n")
+
+    stop = should_stop or (lambda: False)
+    use_amp = device.type == "cuda"
+    while state.epoch < config.epochs:
+        epoch = state.epoch + 1
+        if state.perm is None:
+            state.perm = torch.randperm(n, generator=gen)
+        if reporter:
+            reporter.start_epoch(epoch, config.epochs, steps_per_epoch, state.step)
+        model.train()
+        t0 = time.perf_counter()
+        while state.step < steps_per_epoch:
+            idx = state.perm[state.step * config.batch_size : (state.step + 1) * config.batch_size].to(device)
+            x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate, gen if device.type == "cpu"
+                              else None)  # fmt: skip
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y_all[idx]
+            with torch.autocast(device.type, enabled=use_amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if config.schedule == "onecycle":
+                sched.step()
+            state.step += 1
+            batch_loss = loss.item()
+            correct = (logits.argmax(1) == y).sum().item()
+            state.epoch_loss += batch_loss * len(y)
+            state.epoch_correct += correct
+            state.epoch_seen += len(y)
+            if reporter:
+                reporter.step(batch_loss, correct / len(y), opt.param_groups[0]["lr"])
+            if stop() and state.step < steps_per_epoch:
+                state.train_seconds += time.perf_counter() - t0
+                _save_last(rd, model, opt, sched, state, gen, config)
+                raise Interrupted(str(rd.root))
+
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": state.epoch_loss / max(state.epoch_seen, 1),
+            "train_accuracy": state.epoch_correct / max(state.epoch_seen, 1),
+            "lr": opt.param_groups[0]["lr"],
+        }
+        validate = len(val_split) > 0 and (epoch % config.eval_every == 0 or epoch == config.epochs)
+        improved = False
+        if validate:
+            val = _evaluate_split(model, val_split, config, device)
+            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            if config.schedule == "plateau":
+                sched.step(val["loss"])
+            improved = val["loss"] < state.best_loss
+            if improved:
+                state.best_loss, state.best_epoch, state.bad_epochs = val["loss"], epoch, 0
+            else:
+                state.bad_epochs += 1
+        elif len(val_split) == 0:
+            improved, state.best_epoch = True, epoch  # nothing to choose on: the last epoch is the model
+        state.train_seconds += time.perf_counter() - t0
+        row["seconds"] = round(state.train_seconds, 3)
+        if improved:
+            save_weights(rd.best, model, config, epoch=epoch, val=row.get("val_accuracy"))
+        _append_history(rd.history, row)
+        state.epoch, state.step, state.perm = epoch, 0, None
+        state.epoch_loss, state.epoch_correct, state.epoch_seen = 0.0, 0, 0
+        _save_last(rd, model, opt, sched, state, gen, config)
+        if reporter:
+            reporter.end_epoch(row)
+        patience = config.early_stop_patience
+        if patience is not None and state.bad_epochs >= patience:
+            break
+        if stop():
+            raise Interrupted(str(rd.root))
+
+    if not rd.best.exists():  # validated only at the end and never improved: keep the final weights
+        save_weights(rd.best, model, config, epoch=state.epoch)
+    metrics = finish_run(rd, config, model, val_split, state, device, evaluate_test)
+    return TrainResult(rd, metrics, _read_history(rd.history))
+
+
+def finish_run(rd: RunDir, config: TrainConfig, model: nn.Module, val_split: Split, state: _State,
+               device: torch.device, evaluate_test: bool) -> dict[str, Any]:  # fmt: skip
+    """Write metrics.json for the best checkpoint (validation figures), then the test evaluation and report."""
+    from digitlab.rundir import load_model
+
+    best = load_model(rd, device=device)
+    val = {"accuracy": None, "loss": None}
+    if len(val_split):
+        logits = torch.from_numpy(predict_logits(best, val_split.images, tta=config.tta, device=device))
+        labels = torch.from_numpy(val_split.labels)
+        val = {"accuracy": (logits.argmax(1) == labels).float().mean().item(),
+               "loss": F.cross_entropy(logits, labels).item(), "n": len(labels), "tta": config.tta}  # fmt: skip
+    metrics = {
+        "preset": config.preset,
+        "model": config.model,
+        "seed": config.seed,
+        "params": count_params(model),
+        "train_seconds": round(state.train_seconds, 3),
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        "val": val,
+        "torch": torch.__version__,
+        "device": device_description(device),
+        "threads": torch.get_num_threads(),
+    }
+    rd.write_json(rd.metrics, metrics)
+    if evaluate_test:
+        from digitlab.evaluate import evaluate_run
+
+        metrics = evaluate_run(rd)
+    return metrics
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
