@@ -10,7 +10,9 @@ from rich.console import Console
 
 from digitlab.errors import DigitlabError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and serve digit recognizers.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Train, evaluate and serve digit recognizers."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, download and export datasets.")
 runs_app = typer.Typer(no_args_is_help=True, help="List and compare run directories.")
 app.add_typer(data_app, name="data")
@@ -25,7 +27,7 @@ def main() -> None:
     try:
         app()
     except DigitlabError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
@@ -57,9 +59,15 @@ class RichReporter:
         self._acc += (accuracy - self._acc) / self._n
         self.progress.update(self.task, advance=1, loss=self._loss, acc=self._acc, lr=lr)
 
-    def end_epoch(self, row: dict) -> None:
-        self.progress.remove_task(self.task)
+    def close(self) -> None:
+        """Stop the live display (also on interrupt: while it runs, Rich redirects stderr to stdout)."""
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
         self.progress.stop()
+
+    def end_epoch(self, row: dict) -> None:
+        self.close()
         val = ""
         if row.get("val_accuracy") is not None:
             val = f"  val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4%}"
@@ -75,7 +83,9 @@ def train(
     preset: str = typer.Option("seed", help="Named preset: seed (the reference model) or fast."),
     out: Path = typer.Option(None, "--out", help="Run directory to create (default runs/<preset>-<seed>)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
-    data: str = typer.Option(None, help="Dataset name (mnist, fashion-mnist) or path (IDX dir, CSV, folder)."),
+    data: str = typer.Option(
+        None, help="Dataset name (mnist, fashion-mnist) or path (IDX dir, CSV, folder)."
+    ),
     epochs: int = typer.Option(None, help="Maximum number of epochs."),
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size."),
     lr: float = typer.Option(None, help="(Peak) learning rate."),
@@ -102,12 +112,18 @@ def train(
             limit=limit, test_limit=test_limit, device=device, threads=threads, model_args=model_args,
         )  # fmt: skip
         out = out or Path("runs") / f"{config.preset}-{config.seed}"
-        console.print(f"[bold]training[/] preset={config.preset} model={config.model} seed={config.seed} → {out}")
+        console.print(
+            f"[bold]training[/] preset={config.preset} model={config.model} seed={config.seed} → {out}"
+        )
+    reporter = RichReporter()
     try:
-        result = run_training(config, out, resume=resume is not None, reporter=RichReporter())  # type: ignore[arg-type]
+        result = run_training(config, out, resume=resume is not None, reporter=reporter)
     except Interrupted:
+        reporter.close()
         err_console.print(f"interrupted: checkpoint saved; continue with `digitlab train --resume {out}`")
         raise typer.Exit(130) from None
+    finally:
+        reporter.close()
     _print_summary(result.metrics, out)
 
 
@@ -125,7 +141,7 @@ def _print_summary(m: dict, out: Path) -> None:
 
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="Run directory written by `digitlab train`."),
+    run: Path = typer.Argument(..., help="Run directory written by `digitlab train`."),  # noqa: B008
     data: str | None = typer.Option(
         None, "--data", help="Evaluate on another dataset (name or path); results go to RUN/eval/<name>/."
     ),
@@ -139,10 +155,10 @@ def evaluate(
     lo, hi = test["accuracy_ci95"]
     console.print(
         f"[bold green]{test['dataset']}[/] test accuracy [bold]{test['accuracy']:.2%}[/] "
-        f"(95% CI {lo:.2%}–{hi:.2%}; {test['errors']:,} errors of {test['n']:,})  "
-        f"NLL {test['nll']:.4f}  ECE {test['ece']:.2%}",
+        f"(95% CI {lo:.2%}–{hi:.2%}; {test['errors']:,} errors of {test['n']:,})",
         highlight=False,
     )
+    console.print(f"NLL {test['nll']:.4f}  ECE {test['ece']:.2%}  temperature {test['temperature']:g}")
     console.print(f"report: {Path(run) / test['report']}", highlight=False, soft_wrap=True)
 
 
@@ -194,7 +210,7 @@ def data_verify(dataset: str = typer.Argument("mnist", help=DATASET_HELP)) -> No
 def data_download(
     name: str = typer.Argument(..., help="mnist or fashion-mnist."),
     directory: str | None = typer.Option(
-        None, "--dir", help="Destination folder [default: <data dir>/NAME, where `load` finds it by name]."
+        None, "--dir", help="Destination folder (default: $DIGITLAB_DATA/NAME, else data/NAME)."
     ),
     mirror: list[str] | None = typer.Option(  # noqa: B008 (typer's documented style)
         None, "--mirror", help="Mirror base URL to try, in order (repeatable); replaces the built-in list."
@@ -282,7 +298,9 @@ def _run_figures(run: Path) -> dict[str, str]:
 
 
 @runs_app.command("list")
-def runs_list(root: Path = typer.Argument(Path("runs"), help="Folder to search for run directories.")) -> None:
+def runs_list(
+    root: Path = typer.Argument(Path("runs"), help="Folder to search for run directories."),  # noqa: B008
+) -> None:
     """List the run directories under ROOT with their headline figures."""
     from rich.table import Table
 
@@ -290,12 +308,12 @@ def runs_list(root: Path = typer.Argument(Path("runs"), help="Folder to search f
 
     if not root.is_dir():
         raise RunDirError(f"no runs folder at {root} — train one with `digitlab train --out {root}/<name>`")
-    runs = sorted(p.parent for p in root.rglob("config.json") if (p.parent / "checkpoint").is_dir())
+    runs = sorted(p.parent for p in root.rglob("config.json"))
     if not runs:
         console.print(f"no runs under {root}", highlight=False)
         return
     table = Table(title=f"runs in {root}")
-    table.add_column("run", style="bold")
+    table.add_column("run", style="bold", overflow="fold")
     cols = ("preset", "params", "val accuracy", "test accuracy", "train seconds")
     for col in cols:
         table.add_column(col, justify="left" if col == "preset" else "right")

@@ -15,3 +15,7 @@ class ConfigError(DigitlabError):
 
 class RunDirError(DigitlabError):
     """A run directory is missing or incomplete."""
+
+
+class ImageError(DigitlabError):
+    """An input image is unreadable, unsupported or too large."""

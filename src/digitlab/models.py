@@ -61,7 +61,9 @@ class SeedNet(nn.Module):
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:
     # bias=False: BatchNorm's shift makes a conv bias redundant.
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class FastNet(nn.Module):
@@ -103,7 +105,10 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     if "widths" in kwargs:
         kwargs["widths"] = tuple(kwargs["widths"])
-    return MODELS[name](**kwargs)
+    try:
+        return MODELS[name](**kwargs)
+    except TypeError as e:  # a wrong model_args key in a config file
+        raise ConfigError(f"bad arguments for model {name!r}: {e}") from None
 
 
 def count_params(model: nn.Module) -> int:

@@ -211,7 +211,7 @@ def _save_last(
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None,
     out: Path,
     *,
     resume: bool = False,
@@ -220,15 +220,34 @@ def train(
     dataset: Dataset | None = None,
     evaluate_test: bool = True,
 ) -> TrainResult:
-    """Train `config` into run directory `out`; with `resume`, continue from `out/checkpoint/last.pt`.
+    """Train `config` into run directory `out`; with `resume`, continue from `out/checkpoint/last.pt`
+    (the config is then read from the run directory and `config` may be None).
 
     Raises `Interrupted` after saving `last.pt` when `should_stop()` turns true.
     """
+    with stop_on_signals() as signalled:
+        stop = signalled if should_stop is None else (lambda: signalled() or should_stop())
+        return _train(config, out, resume=resume, reporter=reporter, should_stop=stop, dataset=dataset,
+                      evaluate_test=evaluate_test)  # fmt: skip
+
+
+def _train(
+    config: TrainConfig | None,
+    out: Path,
+    *,
+    resume: bool,
+    reporter: Reporter | None,
+    should_stop: Callable[[], bool],
+    dataset: Dataset | None,
+    evaluate_test: bool,
+) -> TrainResult:
     rd = RunDir(Path(out))
     if resume:
         if not rd.last.exists():
             raise RunDirError(f"nothing to resume in {rd.root} (no {rd.last})")
         config = rd.read_config()
+    elif config is None:
+        raise ConfigError("train() needs a config unless resuming")
     elif rd.metrics.exists() or rd.last.exists():
         raise RunDirError(f"{rd.root} already holds a run; choose a new --out or use --resume")
     if config.threads:
@@ -268,7 +287,7 @@ def train(
     else:
         rd.config.write_text(config.to_json() + "\n")
 
-    stop = should_stop or (lambda: False)
+    stop = should_stop
     use_amp = device.type == "cuda"
     while state.epoch < config.epochs:
         epoch = state.epoch + 1

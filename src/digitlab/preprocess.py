@@ -1,0 +1,691 @@
+"""Turn any user image into a 28x28 MNIST-style digit, the way MNIST itself was made."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, TypeAlias
+
+import numpy as np
+from PIL import Image, ImageOps
+from scipy import ndimage as ndi
+
+from digitlab.errors import ImageError
+
+__all__ = [
+    "DEFAULT_PIXEL_LIMIT",
+    "Box",
+    "ImageSource",
+    "InkStats",
+    "Preprocessed",
+    "ink_stats",
+    "load_image",
+    "naive_resize",
+    "preprocess",
+    "preprocess_array",
+    "segment_digits",
+    "stroke_width",
+    "to_gray",
+]
+
+ImageSource: TypeAlias = str | os.PathLike[str] | bytes | bytearray | IO[bytes] | Image.Image | np.ndarray
+Box: TypeAlias = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 and y1 exclusive, like PIL's crop box
+
+DEFAULT_PIXEL_LIMIT = 40_000_000
+# Decoders we accept (the JPEG opener also returns the MPO files phone cameras write); everything else is
+# refused so that rarely used, rarely hardened plugins never see user bytes.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "GIF", "TIFF")
+FORMAT_NAMES = "PNG, JPEG, WebP, BMP, GIF or TIFF"
+
+# --- MNIST geometry: digits were fitted into 20x20 keeping the aspect ratio, then pasted into 28x28 with
+# their centre of mass at pixel (14, 14) (the mean over the MNIST test set is (13.99, 14.00)).
+SIDE = 28
+BOX_SIDE = 20
+CENTRE = 14.0
+
+# --- cleanup. All intensities are fractions of full scale.
+WORK_PIXELS = 512 * 512  # downscale bigger inputs first: all later steps cost O(pixels), 20x20 needs little
+BORDER_FRAC = 0.04  # border strip used to estimate the background colour
+BG_SIDE = 64  # the background envelope is estimated on an image this big: strokes are a few px wide there
+BG_FLAT = 0.06  # background variation along the border below this is treated as a flat (constant) background
+MIN_CONTRAST = 0.08  # ink fainter than this against the paper is not ink (sensor noise, paper texture)
+MIN_SNR = 6.0  # ... nor ink that is less than this many noise sigmas above the paper
+NOISE_FLOOR = 0.15  # after stretching ink to 1, values below this (or 4 noise sigmas) become 0
+SPECK_KEEP = 0.15  # components with at least this share of the largest one's ink mass are always kept
+SPECK_NEAR = 0.02  # smaller ones down to this share are kept when they sit next to the digit (broken strokes)
+NEAR_MARGIN = 0.15  # "next to": inside the digit's box grown by this fraction of its longer side
+
+# --- thick pens. MNIST strokes are ~2.1 px wide (median; 95th percentile 3.7) at 20 px digit height.
+THIN_ABOVE = 4.0
+THIN_TARGET = 2.5
+
+# --- "empty" detection, so the model is not asked to classify a blank canvas or a stray mark.
+EMPTY_MIN_SIDE_PX = 3
+EMPTY_MIN_SIDE_FRAC = 0.04  # ink box's longer side vs the image's shorter side
+EMPTY_MIN_FRACTION = 0.0005  # ink pixels vs the square of the image's shorter side
+DOT_RATIO = 2.0  # a mark no longer than this many stroke widths is a dot (a blob has no strokes)
+LINE_STRAIGHT = 0.2  # minor/major spread of the ink below this: a straight stroke
+LINE_MAX_TILT = 50.0  # a straight stroke tilted more than this from vertical is a line, not a "1"
+
+# --- segmentation of a number written on one line.
+SEG_MERGE_OVERLAP = 0.5  # merge components whose x-ranges overlap by this share of the narrower one
+SEG_SPLIT_ASPECT = 1.3  # a group wider than this times its height holds touching digits (MNIST digits <= 1.0)
+SEG_MIN_HEIGHT = 0.3  # groups shorter than this share of the tallest (dots, dashes) are not digits
+
+EIGHT_CONNECTED = np.ones((3, 3), bool)  # diagonal anti-aliased strokes must stay one component
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _shown(path: object) -> str:
+    """A path as put in messages: one line, and short even when someone passes a data string as a path."""
+    text = " ".join(str(path).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def load_image(source: ImageSource, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> Image.Image:
+    """Decode a path, bytes, file object, PIL image or array into a loaded image in mode L, LA, RGB or RGBA.
+
+    Multi-frame files give their first frame; EXIF rotation (phone photos) is applied. Raises ImageError.
+    """
+    if isinstance(source, np.ndarray):
+        return _from_array(source, pixel_limit)
+    if isinstance(source, Image.Image):
+        return _load_checked(source, pixel_limit, "image", owned=False)
+    if isinstance(source, (str, os.PathLike)):
+        name = _shown(source)
+        try:
+            path = Path(source)
+            if not path.is_file():
+                raise ImageError(f"{name}: {'not a file' if path.exists() else 'no such file'}")
+            if path.stat().st_size == 0:
+                raise ImageError(f"{name}: empty file (0 bytes)")
+            with path.open("rb") as f:
+                return _decode(f, pixel_limit, name)
+        except (OSError, ValueError) as e:  # permissions, I/O errors, names too long or with NUL bytes
+            reason = getattr(e, "strerror", None) or _one_line(e)  # strerror: without the (long) name again
+            raise ImageError(f"{name}: cannot read ({reason})") from None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError("<bytes>: empty (0 bytes)")
+        return _decode(io.BytesIO(bytes(source)), pixel_limit, "<bytes>")
+    if hasattr(source, "read"):
+        return _decode(source, pixel_limit, _shown(getattr(source, "name", "<stream>")))
+    raise ImageError(f"unsupported image source: {type(source).__name__}")
+
+
+def _decode(fp: IO[bytes], pixel_limit: int, name: str) -> Image.Image:
+    try:
+        # Image.open only parses the header. PIL's own bomb guard warns above MAX_IMAGE_PIXELS and raises
+        # above twice that; the warning is made an error so it can never pass silently. (catch_warnings is
+        # process-global: under threads the worst case is that this filter outlives the call.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(fp, formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name}: too many pixels ({_one_line(e)})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not a supported image (expected {FORMAT_NAMES})") from None
+    except Exception as e:  # plugins raise SyntaxError, ValueError, struct.error ... on malformed headers
+        raise ImageError(f"{name}: cannot read image header ({_one_line(e)})") from None
+    return _load_checked(im, pixel_limit, name, owned=True)
+
+
+def _load_checked(im: Image.Image, pixel_limit: int, name: str, owned: bool) -> Image.Image:
+    """Check the size, decode, apply EXIF rotation; returns a new image that shares nothing with `im`."""
+    w, h = im.size
+    if w * h > pixel_limit:  # checked on the header's size, before a single pixel is decoded
+        raise ImageError(f"{name}: too many pixels ({w}x{h} = {w * h:,}, limit {pixel_limit:,})")
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has no pixels ({w}x{h})")
+    try:
+        im.load()  # a freshly opened multi-frame file sits on frame 0, so only that frame is decoded
+        # Phones store "rotate 90" in EXIF instead of rotating pixels. In place when the image is ours,
+        # to save a copy of a big photo; never on the caller's image.
+        if owned:
+            ImageOps.exif_transpose(im, in_place=True)
+        else:
+            im = ImageOps.exif_transpose(im)
+        return _normalise_mode(im)
+    except Exception as e:  # truncated data, corrupt chunks, decoder errors, MemoryError
+        raise ImageError(f"{name}: cannot decode image ({_one_line(e)})") from None
+
+
+def _normalise_mode(im: Image.Image) -> Image.Image:
+    """A new image in mode L, LA, RGB or RGBA; 16-bit and float greys are scaled, not clipped."""
+    mode = im.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return im.copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        # PIL's convert("L") clips these at 255 instead of scaling, which would turn a 16-bit image white.
+        a = np.asarray(im).astype(np.float64)
+        top = float(a.max()) if a.size else 0.0
+        if mode.startswith("I;16"):
+            a /= 65535
+        elif mode == "I":
+            a /= 65535 if top > 255 else 255
+        elif top > 1:
+            a /= 255 if top <= 255 else top
+        return Image.fromarray(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8))
+    if mode == "1":
+        return im.convert("L")
+    if mode in ("P", "PA"):
+        return im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+    if mode == "La":
+        return im.convert("LA")
+    if mode == "RGBa":
+        return im.convert("RGBA")
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _from_array(a: np.ndarray, pixel_limit: int) -> Image.Image:
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ImageError(f"array of shape {a.shape}: expected HxW, HxWx3 or HxWx4")
+    h, w = a.shape[:2]
+    if h * w == 0:
+        raise ImageError(f"array of shape {a.shape} has no pixels")
+    if h * w > pixel_limit:
+        raise ImageError(f"array has too many pixels ({w}x{h} = {w * h:,}, limit {pixel_limit:,})")
+    if a.dtype == bool:
+        u8 = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ImageError("array contains NaN or infinity")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ImageError(f"float array values must be in [0, 1], got {lo:.4g}..{hi:.4g}")
+        u8 = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.integer):
+        lo, hi = int(a.min()), int(a.max())
+        top = 65535 if a.dtype == np.uint16 else 255
+        if lo < 0 or hi > top:
+            raise ImageError(f"integer array values must be in [0, {top}], got {lo}..{hi}")
+        u8 = np.round(a / 257).astype(np.uint8) if top == 65535 else a.astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported array dtype {a.dtype}")
+    return Image.fromarray(np.ascontiguousarray(u8))
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's convert("L")
+
+
+def to_gray(image: Image.Image) -> np.ndarray:
+    """Greyscale float32 (H, W) in [0, 1]; transparency is composited over a contrasting background."""
+    im = image if image.mode in ("L", "LA", "RGB", "RGBA") else _normalise_mode(image)
+    a = np.asarray(im, dtype=np.float32) / 255
+    if im.mode == "L":
+        return a
+    if im.mode == "RGB":
+        return _luma(a)
+    colour, alpha = (a[..., 0], a[..., 1]) if im.mode == "LA" else (_luma(a[..., :3]), a[..., 3])
+    if alpha.min() >= 1:
+        return colour
+    if alpha.max() <= 0:  # nothing drawn at all
+        return np.zeros_like(alpha)
+    # A browser canvas stores untouched pixels as (0,0,0,0) and ink with alpha = coverage, so the colour under
+    # alpha 0 means nothing. Compositing over a background that contrasts with the ink puts the drawing in
+    # alpha whatever the ink colour; polarity is sorted out later. A picture with its own opaque background
+    # (a card cut out of a photo: mostly paper, some ink of very different colour) is instead composited
+    # over that background, the opaque pixels' median colour.
+    opaque = colour[alpha > 0.5]
+    median = float(np.median(opaque)) if opaque.size else 0.0
+    if opaque.size and np.mean(np.abs(opaque - median) > 0.4) >= 0.01:
+        background = median
+    else:
+        ink = float((colour * alpha).sum() / alpha.sum())
+        background = 1.0 if ink < 0.5 else 0.0
+    return colour * alpha + background * (1 - alpha)
+
+
+# --------------------------------------------------------------------------------------------- cleanup
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """Resize a float image to size (width, height) with PIL, which anti-aliases when it shrinks."""
+    im = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))
+    return np.asarray(im.resize(size, resample), dtype=np.float32)
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    b = max(1, round(BORDER_FRAC * min(a.shape)))
+    return np.concatenate([a[:b].ravel(), a[-b:].ravel(), a[:, :b].ravel(), a[:, -b:].ravel()])
+
+
+def _light_background(g: np.ndarray) -> bool:
+    """Whether the ink is darker than the paper: the extreme farther from the border's colour is the ink."""
+    bg = float(np.median(_border(g)))
+    f = ndi.uniform_filter(g, 3, mode="nearest")  # 3x3 mean: single noisy pixels do not decide
+    return bg - float(f.min()) > float(f.max()) - bg
+
+
+def _background(g: np.ndarray) -> np.ndarray | float:
+    """Background (paper) level of white-on-black `g`: a constant, or a smooth map when lighting is uneven."""
+    h, w = g.shape
+    k = BG_SIDE / max(h, w)
+    small = _resize(g, (max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BOX) if k < 1 else g
+    # Grey opening (min then max filter) erases bright structures narrower than its window, i.e. strokes,
+    # and keeps the slowly varying paper, which a linear gradient passes through unchanged. A wide window
+    # is safe but flattens curved lighting (a hand's shadow), so a second pass uses a window of three
+    # stroke widths (junctions are up to twice as thick as strokes), measured on what the first removed.
+    size = max(3, max(small.shape) // 3)
+    env = ndi.grey_opening(small, size=(size, size), mode="nearest")
+    strokes = small - env
+    sw = (
+        stroke_width(np.where(strokes > 0.5 * float(strokes.max()), strokes, 0)) if strokes.max() > 0 else 0.0
+    )
+    size = int(np.clip(math.ceil(3 * sw), 3, size))
+    env = ndi.grey_opening(small, size=(size, size), mode="nearest")
+    env = ndi.gaussian_filter(env, size / 4, mode="nearest")
+    # Judge flatness on the border only: a thick digit in the middle may survive the opening, and subtracting
+    # it would punch holes in clean canvases. Uneven lighting always shows along the border.
+    if float(np.ptp(_border(env))) < BG_FLAT:
+        return float(np.median(_border(g)))
+    return _resize(env, (w, h), Image.Resampling.BILINEAR) if k < 1 else env
+
+
+@dataclass(frozen=True, eq=False)
+class _Ink:
+    ink: np.ndarray  # float32 white-on-black in [0, 1] at working resolution, cleaned
+    scale: float  # working pixels per source pixel
+    contrast: float  # ink level above the paper, as a fraction of the paper-to-full-ink range
+
+
+def _working_size(size: tuple[int, int]) -> tuple[tuple[int, int], float]:
+    """Size (width, height) to work at, and its scale: at most WORK_PIXELS, never enlarged."""
+    w, h = size
+    scale = min(1.0, math.sqrt(WORK_PIXELS / (w * h)))
+    return (max(1, round(w * scale)), max(1, round(h * scale))), scale
+
+
+def _load_gray(source: ImageSource, pixel_limit: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Working-size greyscale of `source`, its scale (working px per source px), and the source size."""
+    im = load_image(source, pixel_limit=pixel_limit)
+    work, scale = _working_size(im.size)
+    if scale < 1:
+        # Shrink in 8 bits before going to float: a 36 MP photo would take ~0.4 GB as float RGB.
+        # (PIL resizes RGBA and LA with premultiplied alpha, so transparent pixels' colour does not bleed.)
+        return to_gray(im.resize(work, Image.Resampling.BOX)), scale, im.size
+    return to_gray(im), 1.0, im.size
+
+
+def _prepare(gray: np.ndarray, scale: float = 1.0) -> _Ink:
+    """Clean white-on-black ink at working size; `scale` says how much `gray` was already shrunk."""
+    h, w = gray.shape
+    work, shrink = _working_size((w, h))
+    g = _resize(gray, work, Image.Resampling.BOX) if shrink < 1 else gray
+    scale *= shrink
+    if _light_background(g):
+        g = 1 - g
+    bg = _background(g)
+    # Ink darkens paper by a factor (reflectance), so lighting gradients scale the ink's contrast too: divide
+    # by the locally available range rather than only subtracting the background.
+    r = (g - bg) / np.maximum(1 - np.asarray(bg, np.float32), 0.05)
+    sigma = 1.4826 * float(np.median(np.abs(r - np.median(r))))  # robust noise level: ink is a minority
+    peak = float(r.max())
+    contrast = float(np.median(r[r >= 0.5 * peak])) if peak > 0 else 0.0
+    if contrast < MIN_CONTRAST or contrast < MIN_SNR * sigma:
+        return _Ink(np.zeros_like(g), scale, max(contrast, 0.0))
+    # Stretch so the typical strong ink is 1 (MNIST's cores are saturated), then cut the paper's noise.
+    x = np.clip(r / contrast, 0, 1).astype(np.float32)
+    x[x < min(0.5, max(NOISE_FLOOR, 4 * sigma / contrast))] = 0
+    return _Ink(_remove_specks(x), scale, contrast)
+
+
+def _remove_specks(x: np.ndarray) -> np.ndarray:
+    lab, n = ndi.label(x > 0, structure=EIGHT_CONNECTED)
+    if n <= 1:
+        return x
+    mass = np.asarray(ndi.sum_labels(x, lab, index=np.arange(1, n + 1)))
+    big = mass >= SPECK_KEEP * mass.max()
+    objs = ndi.find_objects(lab)
+    y0 = min(objs[i][0].start for i in np.flatnonzero(big))
+    y1 = max(objs[i][0].stop for i in np.flatnonzero(big))
+    x0 = min(objs[i][1].start for i in np.flatnonzero(big))
+    x1 = max(objs[i][1].stop for i in np.flatnonzero(big))
+    m = NEAR_MARGIN * max(y1 - y0, x1 - x0)
+    keep = big.copy()
+    for i in np.flatnonzero(~big & (mass >= SPECK_NEAR * mass.max())):
+        sy, sx = objs[i]
+        # Broken strokes (a 5's flag, a 7's bar) sit next to the digit; noise specks anywhere else go.
+        keep[i] = sy.start < y1 + m and sy.stop > y0 - m and sx.start < x1 + m and sx.stop > x0 - m
+    return np.where(np.concatenate([[False], keep])[lab], x, 0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------- measures
+
+
+def stroke_width(image: np.ndarray) -> float:
+    """Typical stroke width in pixels of a white-on-black image: twice the ink depth along centre lines."""
+    a = np.asarray(image, dtype=np.float32)
+    top = float(a.max()) if a.size else 0.0
+    if top <= 0:
+        return 0.0
+    mask = a >= 0.5 * top  # half-maximum: the anti-aliased edge counts half, as ink coverage would
+    depth = ndi.distance_transform_edt(mask)
+    ridge = mask & (depth >= ndi.maximum_filter(depth, size=3))
+    # A stroke w px wide has centre depth (w+1)/2 for odd w and w/2 for even w; -0.5 splits the difference.
+    return float(max(2 * depth[ridge].mean() - 0.5, 0.0))
+
+
+@dataclass(frozen=True)
+class InkStats:
+    """What is on the image, measured after cleanup; `status` is "empty" when nothing digit-like is there."""
+
+    status: str  # "ok" | "empty"
+    reason: str  # why "empty" ("" when ok)
+    ink_fraction: float  # share of the image's pixels that carry ink
+    n_components: int  # 8-connected pieces of ink
+    bbox: Box | None  # ink bounding box, (x0, y0, x1, y1)
+    bbox_size: tuple[int, int]  # (width, height) of bbox
+    stroke_width: float  # pixels
+    contrast: float  # ink above paper as a fraction of the available range (0 = invisible, 1 = full)
+
+
+def ink_stats(ink: np.ndarray, *, contrast: float = 1.0) -> InkStats:
+    """Measure a cleaned white-on-black image (float in [0, 1] or uint8) and decide whether it is empty.
+
+    Empty: no ink or too faint, a tiny mark (box or area), a dot (no longer than two stroke widths), or one
+    straight stroke tilted more than 50 degrees from vertical (a line is not a digit; a vertical one is a 1).
+    """
+    a = np.asarray(ink, dtype=np.float32)
+    if a.ndim != 2:
+        raise ImageError(f"expected a 2-D image, got shape {a.shape}")
+    if np.asarray(ink).dtype == np.uint8:
+        a = a / 255
+    h, w = a.shape
+    mask = a > 0
+    n_ink = int(mask.sum())
+    if n_ink == 0 or contrast < MIN_CONTRAST:
+        return InkStats("empty", "no ink", 0.0, 0, None, (0, 0), 0.0, float(contrast))
+    _, n_comp = ndi.label(mask, structure=EIGHT_CONNECTED)
+    ys, xs = np.nonzero(mask)
+    bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    bw, bh = bbox[2] - bbox[0], bbox[3] - bbox[1]
+    sw = stroke_width(a)
+    longer, short_side = max(bw, bh), min(h, w)
+    reason = ""
+    if longer < max(EMPTY_MIN_SIDE_PX, EMPTY_MIN_SIDE_FRAC * short_side):
+        reason = "ink too small"
+    elif n_ink < EMPTY_MIN_FRACTION * short_side**2:
+        reason = "too little ink"
+    elif longer <= DOT_RATIO * sw:
+        reason = "a single dot"
+    elif _is_tilted_line(xs, ys, a[ys, xs]):
+        reason = "a single line"
+    return InkStats(
+        "empty" if reason else "ok", reason, n_ink / (h * w), int(n_comp), bbox, (bw, bh), sw, float(contrast)
+    )
+
+
+def _is_tilted_line(xs: np.ndarray, ys: np.ndarray, weights: np.ndarray) -> bool:
+    if xs.size < 3:
+        return False
+    cov = np.cov(np.stack([xs, ys]).astype(np.float64), aweights=weights)
+    evals, evecs = np.linalg.eigh(cov)  # ascending: evecs[:, 1] is the main direction
+    minor, major = math.sqrt(max(evals[0], 0.0)), math.sqrt(max(evals[1], 0.0))
+    if major == 0 or minor > LINE_STRAIGHT * major:
+        return False
+    tilt = math.degrees(math.atan2(abs(evecs[0, 1]), abs(evecs[1, 1])))  # 0 = vertical
+    return tilt > LINE_MAX_TILT
+
+
+# --------------------------------------------------------------------------------------------- MNIST framing
+
+
+def _disk(r: int) -> np.ndarray:
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return xx**2 + yy**2 <= r * r + r  # +r: a rounder disk than the strict circle at small radii
+
+
+def _crop(x: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(x)
+    return x[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def _thin(crop: np.ndarray) -> np.ndarray:
+    longer = max(crop.shape)
+    if stroke_width(crop) * BOX_SIDE / longer <= THIN_ABOVE:
+        return crop
+    # Erode at 4x the output scale: cheap, and still finer than one output pixel.
+    k = 4 * BOX_SIDE / longer
+    if k < 1:
+        h, w = crop.shape
+        crop = _resize(crop, (max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BOX)
+        longer = max(crop.shape)
+    radius = round((stroke_width(crop) - THIN_TARGET * longer / BOX_SIDE) / 2)
+    if radius < 1:
+        return crop
+    # Erosion alone would erase every stroke narrower than the eroding disk (pens vary, arcs come out
+    # thinner), so each stroke's centre line, grown to the target width, is kept whatever the erosion does.
+    mask = crop >= 0.5 * float(crop.max())
+    depth = ndi.distance_transform_edt(mask)
+    ridge = mask & (depth >= ndi.maximum_filter(depth, size=3))
+    half = max(1, round(THIN_TARGET * longer / BOX_SIDE / 2))
+    guard = ndi.binary_dilation(ridge, structure=_disk(half))
+    thinned = np.maximum(ndi.grey_erosion(crop, footprint=_disk(radius)), np.where(guard, crop, 0))
+    thinned[thinned < NOISE_FLOOR * float(crop.max())] = 0
+    return _crop(thinned) if thinned.any() else crop
+
+
+def _to_mnist(x: np.ndarray, thin: bool) -> np.ndarray:
+    """Crop to the ink, fit the longer side to 20 px, paste into 28x28 with the centre of mass at (14, 14)."""
+    out = np.zeros((SIDE, SIDE), np.float32)
+    if not x.any():
+        return out.astype(np.uint8)
+    crop = _crop(x)
+    if thin:
+        crop = _thin(crop)
+    h, w = crop.shape
+    longer = max(h, w)
+    nw, nh = max(1, round(w * BOX_SIDE / longer)), max(1, round(h * BOX_SIDE / longer))
+    # BOX averages ink coverage when shrinking (MNIST's anti-aliasing); BILINEAR avoids blocks when growing.
+    resample = Image.Resampling.BOX if longer >= BOX_SIDE else Image.Resampling.BILINEAR
+    small = np.clip(_resize(crop, (nw, nh), resample), 0, None)
+    cy, cx = ndi.center_of_mass(small)
+    # Integer placement, as MNIST did (sub-pixel shifts blur); clamped so the whole digit stays in frame.
+    oy = int(np.clip(round(CENTRE - cy), 0, SIDE - nh))
+    ox = int(np.clip(round(CENTRE - cx), 0, SIDE - nw))
+    out[oy : oy + nh, ox : ox + nw] = small
+    if out.max() <= 0:
+        return out.astype(np.uint8)
+    out *= 255 / float(out.max())
+    return np.round(out).astype(np.uint8)
+
+
+# -------------------------------------------------------------------------------------------- public pipeline
+
+
+@dataclass(frozen=True, eq=False)
+class Preprocessed:
+    """A model-ready digit: `image` is meaningful only when `status` is "ok"."""
+
+    image: np.ndarray  # uint8 (28, 28), white ink on black, read-only
+    status: str  # "ok" | "empty"
+    stats: InkStats  # in source pixels
+    source_size: tuple[int, int]  # (width, height) of the input
+
+
+def _in_source_pixels(stats: InkStats, scale: float, size: tuple[int, int]) -> InkStats:
+    """Stats measured at working resolution, with bbox and stroke width converted to source pixels."""
+    if stats.bbox is None:
+        return stats
+    box = _box_to_source(stats.bbox, scale, size)
+    return replace(
+        stats, bbox=box, bbox_size=(box[2] - box[0], box[3] - box[1]), stroke_width=stats.stroke_width / scale
+    )
+
+
+def _box_to_source(box: Box, scale: float, size: tuple[int, int]) -> Box:
+    w, h = size
+    x0, y0, x1, y1 = box
+    return (
+        max(0, math.floor(x0 / scale)),
+        max(0, math.floor(y0 / scale)),
+        min(w, math.ceil(x1 / scale)),
+        min(h, math.ceil(y1 / scale)),
+    )
+
+
+def _as_gray(gray: np.ndarray) -> np.ndarray:
+    a = np.asarray(gray)
+    if a.ndim != 2 or a.size == 0:
+        raise ImageError(f"expected a 2-D greyscale array, got shape {a.shape}")
+    if a.dtype in (np.uint8, np.uint16):
+        return a.astype(np.float32) / np.iinfo(a.dtype).max
+    if a.dtype != bool and not np.issubdtype(a.dtype, np.floating):
+        raise ImageError(f"greyscale array must be float in [0, 1], uint8 or uint16, not {a.dtype}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ImageError("array contains NaN or infinity")
+    if a.min() < -1e-3 or a.max() > 1 + 1e-3:  # 0..255 floats would otherwise all clip to white
+        raise ImageError(f"float array values must be in [0, 1], got {a.min():.4g}..{a.max():.4g}")
+    return np.clip(a, 0, 1)
+
+
+def _finish(image: np.ndarray, stats: InkStats, size: tuple[int, int]) -> Preprocessed:
+    image.setflags(write=False)
+    return Preprocessed(image, stats.status, stats, size)
+
+
+def preprocess_array(gray: np.ndarray, *, thin: bool = False) -> Preprocessed:
+    """Preprocess a greyscale array (float in [0, 1], uint8 or uint16; any polarity) into an MNIST digit."""
+    g = _as_gray(gray)
+    return _preprocess_gray(g, 1.0, (g.shape[1], g.shape[0]), thin)
+
+
+def _preprocess_gray(g: np.ndarray, scale: float, size: tuple[int, int], thin: bool) -> Preprocessed:
+    prep = _prepare(g, scale)
+    stats = _in_source_pixels(ink_stats(prep.ink, contrast=prep.contrast), prep.scale, size)
+    return _finish(_to_mnist(prep.ink, thin), stats, size)
+
+
+def preprocess(
+    source: ImageSource, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT, thin: bool = False
+) -> Preprocessed:
+    """Load any supported image and turn it into a 28x28 MNIST-style digit; bad input raises ImageError.
+
+    `thin` erodes strokes thicker than ~4 px at 20 px digit height (fat markers) towards MNIST's ~2.5 px.
+    """
+    g, scale, size = _load_gray(source, pixel_limit)
+    return _preprocess_gray(g, scale, size, thin)
+
+
+def naive_resize(source: ImageSource, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> np.ndarray:
+    """The usual demo baseline: greyscale, white-on-black, squashed to 28x28 (uint8). For comparisons."""
+    g, _, _ = _load_gray(source, pixel_limit)
+    if _light_background(g):
+        g = 1 - g
+    out = _resize(g, (SIDE, SIDE), Image.Resampling.BICUBIC)  # PIL's default filter for resize
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- segmentation
+
+
+def segment_digits(
+    source: ImageSource, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT, thin: bool = False
+) -> list[tuple[Box, Preprocessed]]:
+    """Split a number written on one line into digits, left to right, each with its box in source pixels.
+
+    Components of the ink are merged when they overlap strongly in x (broken strokes) and split at the
+    least-ink path near the middle when much wider than tall (touching digits). Marks shorter than 30% of
+    the tallest group (dots, dashes) are dropped; each digit carries its own status and stats.
+    """
+    g, scale, size = _load_gray(source, pixel_limit)
+    prep = _prepare(g, scale)
+    x = prep.ink
+    lab, n = ndi.label(x > 0, structure=EIGHT_CONNECTED)
+    if n == 0:
+        return []
+    objs = ndi.find_objects(lab)
+    # (labels, [x0, y0, x1, y1]) per component, left to right
+    comps = [([i + 1], [s[1].start, s[0].start, s[1].stop, s[0].stop]) for i, s in enumerate(objs) if s]
+    comps.sort(key=lambda c: c[1][0])
+    groups: list[tuple[list[int], list[int]]] = []
+    for labels, box in comps:
+        if groups:
+            last = groups[-1][1]
+            overlap = min(last[2], box[2]) - max(last[0], box[0])
+            if overlap >= SEG_MERGE_OVERLAP * min(last[2] - last[0], box[2] - box[0]):
+                groups[-1][0].extend(labels)
+                last[:] = [*np.minimum(last[:2], box[:2]).tolist(), *np.maximum(last[2:], box[2:]).tolist()]
+                continue
+        groups.append((labels, box))
+
+    parts: list[np.ndarray] = []  # each: the group's ink alone, full working size
+    for labels, (x0, _, x1, _) in groups:
+        only = np.where(np.isin(lab, labels), x, 0).astype(np.float32)
+        parts.extend(_split(only, x0, x1))
+    heights = [int(np.ptp(np.nonzero(p.any(axis=1))[0])) + 1 for p in parts]
+    tallest = max(heights)
+    result = []
+    for part, height in zip(parts, heights, strict=True):
+        if height < SEG_MIN_HEIGHT * tallest:
+            continue
+        stats = _in_source_pixels(ink_stats(part, contrast=prep.contrast), prep.scale, size)
+        box = stats.bbox or (0, 0, 0, 0)  # never None: a part always holds ink
+        result.append((box, _finish(_to_mnist(part, thin), stats, stats.bbox_size)))
+    result.sort(key=lambda r: r[0][0])
+    return result
+
+
+def _split(ink: np.ndarray, x0: int, x1: int) -> list[np.ndarray]:
+    """Recursively cut one group's ink (columns x0:x1) along the least-ink path while it is too wide."""
+    sub = ink[:, x0:x1]
+    rows, cols = np.nonzero(sub.any(axis=1))[0], np.nonzero(sub.any(axis=0))[0]
+    if rows.size == 0:
+        return []
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, x0 + int(cols[0]), x0 + int(cols[-1]) + 1
+    height, width = y1 - y0, x1 - x0
+    if width <= SEG_SPLIT_ASPECT * height or width < 4:
+        return [ink]
+    sub = ink[y0:y1, x0:x1]
+    path = _cut_path(sub)
+    left_of_path = np.arange(width)[None, :] < path[:, None]
+    left, right = np.zeros_like(ink), np.zeros_like(ink)
+    left[y0:y1, x0:x1] = np.where(left_of_path, sub, 0)
+    right[y0:y1, x0:x1] = np.where(left_of_path, 0, sub)
+    if not left.any() or not right.any():
+        return [ink]
+    return _split(left, x0, x0 + int(path.max())) + _split(right, x0 + int(path.min()), x1)
+
+
+def _cut_path(sub: np.ndarray) -> np.ndarray:
+    """Column per row of the top-to-bottom path through the middle half of `sub` that crosses the least ink.
+
+    A straight column would cut through a digit wherever it has one thin stroke and miss the gap between two
+    digits whose boxes overlap; a path that may step one column per row goes around their ink instead.
+    """
+    h, w = sub.shape
+    lo = int(0.25 * w)
+    hi = max(int(0.75 * w), lo + 1)
+    cols = np.arange(lo, hi)
+    # A weak pull to the middle breaks ties (digits are about equally wide); it never outweighs a stroke.
+    prior = 0.5 / h * np.abs(cols - w / 2) / max(1.0, 0.25 * w)
+    cost = sub[:, lo:hi] / max(float(sub.max()), 1e-6) + prior
+    acc = cost[0].copy()
+    back = np.zeros(cost.shape, np.int64)
+    idx = np.arange(hi - lo)
+    for r in range(1, h):
+        steps = np.stack([np.r_[np.inf, acc[:-1]], acc, np.r_[acc[1:], np.inf]])  # from c-1, c, c+1
+        k = np.argmin(steps, axis=0)
+        acc = cost[r] + steps[k, idx]
+        back[r] = idx + k - 1
+    path = np.empty(h, np.int64)
+    path[-1] = int(np.argmin(acc))
+    for r in range(h - 1, 0, -1):
+        path[r - 1] = back[r, path[r]]
+    return path + lo

@@ -1,0 +1,76 @@
+"""Model shapes and parameter counts; augmentation bounds and geometry."""
+
+import pytest
+import torch
+
+from digitlab.augment import apply_affine, random_affine, sample_affine, shift_batch
+from digitlab.errors import ConfigError
+from digitlab.models import build_model, count_params
+
+
+@pytest.mark.parametrize(("padding", "params"), [("valid", 537_386), ("same", 3_486_506)])
+def test_seed_model_matches_the_reference_layer_list(padding, params):
+    model = build_model("seed", padding=padding).eval()
+    assert count_params(model) == params
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_fast_model_outputs_logits_for_any_batch():
+    model = build_model("fast").eval()
+    for n in (1, 7):
+        assert model(torch.rand(n, 1, 28, 28)).shape == (n, 10)
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ConfigError, match="seed"):
+        build_model("resnet9000")
+
+
+def test_augmentation_parameters_stay_within_bounds():
+    g = torch.Generator().manual_seed(0)
+    p = sample_affine(20_000, rotate=10, zoom=0.1, translate=0.1, generator=g)
+    assert p.angle.abs().max() <= 10 and p.angle.abs().max() > 9.9
+    assert (p.scale >= 0.9).all() and (p.scale <= 1.1).all()
+    assert p.shift.abs().max() <= 0.1
+    # uniform: the mean is near 0 and the spread is that of U(-a, a) (std a/sqrt(3))
+    assert abs(p.angle.mean()) < 0.2 and abs(p.angle.std() - 10 / 3**0.5) < 0.1
+
+
+def centre_of_mass(x: torch.Tensor) -> tuple[float, float]:
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    w = x.sum()
+    return float((x * xs).sum() / w), float((x * ys).sum() / w)
+
+
+def test_translation_moves_ink_by_the_requested_fraction():
+    x = torch.zeros(1, 1, 28, 28)
+    x[..., 10:18, 10:18] = 1
+    p = sample_affine(1, 0, 0, 0)
+    p = type(p)(angle=p.angle, scale=p.scale, shift=torch.tensor([[0.1, -0.1]]))
+    cx, cy = centre_of_mass(apply_affine(x, p)[0, 0])
+    assert abs(cx - (13.5 + 2.8)) < 0.3 and abs(cy - (13.5 - 2.8)) < 0.3
+
+
+def test_zoom_in_enlarges_ink_and_identity_keeps_the_image():
+    x = torch.zeros(1, 1, 28, 28)
+    x[..., 10:18, 10:18] = 1
+    ident = sample_affine(1, 0, 0, 0)
+    assert torch.allclose(apply_affine(x, ident), x, atol=1e-5)
+    bigger = type(ident)(angle=ident.angle, scale=torch.tensor([1.1]), shift=ident.shift)
+    assert apply_affine(x, bigger).sum() > x.sum() * 1.15
+
+
+def test_random_affine_is_seeded_and_per_sample():
+    x = torch.rand(8, 1, 28, 28)
+    a = random_affine(x, 10, 0.1, 0.1, torch.Generator().manual_seed(1))
+    b = random_affine(x, 10, 0.1, 0.1, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    x_same = x[:1].expand(8, -1, -1, -1)
+    out = random_affine(x_same, 10, 0.1, 0.1, torch.Generator().manual_seed(2))
+    assert not torch.allclose(out[0], out[1])  # each sample gets its own transform
+
+
+def test_shift_batch_moves_by_whole_pixels():
+    x = torch.zeros(1, 1, 28, 28)
+    x[..., 5, 5] = 1
+    assert shift_batch(x, 2, -1)[0, 0, 4, 7] == 1

@@ -1,0 +1,115 @@
+"""Training on tiny subsets: determinism, bit-exact resume, clean stops on signals, the run directory."""
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import run_cli
+from digitlab.config import get_preset
+from digitlab.errors import ConfigError, RunDirError
+from digitlab.train import Interrupted, train
+
+TINY = dict(limit=600, epochs=2, batch_size=64, test_limit=200)
+
+
+def tiny(preset: str = "fast", **changes):
+    small = {"model_args": {"widths": [8, 16, 32]}} if preset == "fast" else {}
+    return get_preset(preset).override(**{**TINY, **small, **changes})
+
+
+def weights(run_dir, name="best"):
+    return torch.load(run_dir / "checkpoint" / f"{name}.pt", weights_only=name == "best")["state_dict"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_gives_identical_results(tmp_path, mnist):
+    r1 = train(tiny(), tmp_path / "a", dataset=mnist, evaluate_test=False)
+    r2 = train(tiny(), tmp_path / "b", dataset=mnist, evaluate_test=False)
+    assert r1.metrics["val"] == r2.metrics["val"]
+    assert [row["train_loss"] for row in r1.history] == [row["train_loss"] for row in r2.history]
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    r3 = train(tiny(seed=7), tmp_path / "c", dataset=mnist, evaluate_test=False)
+    assert r3.history[0]["train_loss"] != r1.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("preset", ["fast", "seed"])
+def test_resume_after_a_stop_ends_with_the_same_weights(tmp_path, mnist, preset):
+    config = tiny(preset, epochs=3)
+    train(config, tmp_path / "full", dataset=mnist, evaluate_test=False)
+
+    calls = {"n": 0}
+
+    def stop_mid_second_epoch() -> bool:  # steps per epoch here: 480 // 64 = 7
+        calls["n"] += 1
+        return calls["n"] == 10
+
+    with pytest.raises(Interrupted):
+        train(config, tmp_path / "cut", dataset=mnist, evaluate_test=False, should_stop=stop_mid_second_epoch)
+    assert (tmp_path / "cut" / "checkpoint" / "last.pt").exists()
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    train(None, tmp_path / "cut", resume=True, dataset=mnist, evaluate_test=False)
+    assert_same_weights(weights(tmp_path / "full", "last"), weights(tmp_path / "cut", "last"))
+    assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "cut"))
+    with open(tmp_path / "cut" / "history.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path, mnist):
+    train(tiny(epochs=1), tmp_path / "r", dataset=mnist, evaluate_test=False)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(tiny(epochs=1), tmp_path / "r", dataset=mnist, evaluate_test=False)
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        train(None, tmp_path / "empty", resume=True)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("turbo")
+
+
+def test_sigint_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "fast", "--limit", "1000", "--epochs", "30", "--batch-size", "32",
+            "--test-limit", "200", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "digitlab.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "history.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    assert (out / "checkpoint" / "last.pt").exists()
+    done = torch.load(out / "checkpoint" / "last.pt", weights_only=False)["state"]["epoch"]
+    assert 1 <= done < 30
+
+    # finish quickly: the resumed run keeps the saved config, so shorten it through the config file
+    cfg = out / "config.json"
+    cfg.write_text(cfg.read_text().replace('"epochs": 30', f'"epochs": {done + 1}'))
+    res = run_cli("train", "--resume", out)
+    assert res.returncode == 0, res.stderr
+    assert (out / "metrics.json").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    res = run_cli("train", "--preset", "turbo", "--out", tmp_path / "x")
+    assert res.returncode == 1
+    assert "unknown preset 'turbo'" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("train", "--data", tmp_path / "nope", "--out", tmp_path / "y")
+    assert res.returncode == 1 and "no such dataset" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("train", "--resume", tmp_path / "missing")
+    assert res.returncode == 1 and "nothing to resume" in res.stderr
+
+
+def test_signal_handlers_are_restored(tmp_path, mnist):
+    before = signal.getsignal(signal.SIGINT)
+    train(tiny(epochs=1), tmp_path / "r", dataset=mnist, evaluate_test=False)
+    assert signal.getsignal(signal.SIGINT) is before
