@@ -23,3 +23,19 @@ def mnist():
     from digitlab.data import load_dataset
 
     return load_dataset("mnist")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, mnist):
+    """A real but tiny trained `fast` run directory (1 epoch on 1,000 images, evaluated on 300 test images).
+
+    Shared by every test that needs a run: treat it as read-only (copy it before changing anything).
+    """
+    from digitlab.config import get_preset
+    from digitlab.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    config = get_preset("fast").override(limit=1000, epochs=2, batch_size=64, test_limit=300,
+                                         model_args={"widths": [8, 16, 32]})  # fmt: skip
+    train(config, out, dataset=mnist)
+    return out

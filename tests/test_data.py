@@ -45,9 +45,7 @@ def fake_split(n: int, seed: int) -> Split:
     return Split(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n, dtype=np.int64) % 10)
 
 
-def write_idx_dir(
-    directory: Path, train: Split, test: Split | None = None, gz: bool = True, sums: bool = True
-) -> Path:
+def write_idx_dir(directory: Path, train: Split, test: Split | None = None, gz: bool = True, sums: bool = True) -> Path:
     """An MNIST-format directory holding `train` (and `test`), gzip-compressed or raw, with SHA256SUMS."""
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {"train_images": train.images, "train_labels": train.labels}

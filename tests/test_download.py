@@ -159,9 +159,7 @@ def test_all_mirrors_fail_lists_each(server, fake, tmp_path):
 
 
 def test_skips_files_already_present(server, fake, tmp_path):
-    dest = download_dataset(
-        "mnist", tmp_path / "d", mirrors=[f"{server.url}/good"], progress=False, checksums=fake
-    )
+    dest = download_dataset("mnist", tmp_path / "d", mirrors=[f"{server.url}/good"], progress=False, checksums=fake)
     server.requests.clear()
     (dest / "SHA256SUMS").unlink()
     download_dataset("mnist", dest, mirrors=[f"{server.url}/missing"], progress=False, checksums=fake)

@@ -27,9 +27,7 @@ def sample_affine(
     device: torch.device | str = "cpu",
 ) -> AffineParams:
     """Draw uniform angles in ±rotate degrees, scales in 1±zoom and shifts in ±translate of the side."""
-    u = (
-        torch.rand(n, 4, generator=generator, device=device) * 2 - 1
-    )  # one draw for all four: fewer kernel calls
+    u = torch.rand(n, 4, generator=generator, device=device) * 2 - 1  # one draw for all four: fewer kernel calls
     return AffineParams(angle=u[:, 0] * rotate, scale=1 + u[:, 1] * zoom, shift=u[:, 2:] * translate)
 
 

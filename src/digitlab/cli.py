@@ -10,9 +10,7 @@ from rich.console import Console
 
 from digitlab.errors import DigitlabError
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Train, evaluate and serve digit recognizers."
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and serve digit recognizers.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, download and export datasets.")
 runs_app = typer.Typer(no_args_is_help=True, help="List and compare run directories.")
 app.add_typer(data_app, name="data")
@@ -83,9 +81,7 @@ def train(
     preset: str = typer.Option("seed", help="Named preset: seed (the reference model) or fast."),
     out: Path = typer.Option(None, "--out", help="Run directory to create (default runs/<preset>-<seed>)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
-    data: str = typer.Option(
-        None, help="Dataset name (mnist, fashion-mnist) or path (IDX dir, CSV, folder)."
-    ),
+    data: str = typer.Option(None, help="Dataset name (mnist, fashion-mnist) or path (IDX dir, CSV, folder)."),
     epochs: int = typer.Option(None, help="Maximum number of epochs."),
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size."),
     lr: float = typer.Option(None, help="(Peak) learning rate."),
@@ -112,9 +108,7 @@ def train(
             limit=limit, test_limit=test_limit, device=device, threads=threads, model_args=model_args,
         )  # fmt: skip
         out = out or Path("runs") / f"{config.preset}-{config.seed}"
-        console.print(
-            f"[bold]training[/] preset={config.preset} model={config.model} seed={config.seed} → {out}"
-        )
+        console.print(f"[bold]training[/] preset={config.preset} model={config.model} seed={config.seed} → {out}")
     reporter = RichReporter()
     try:
         result = run_training(config, out, resume=resume is not None, reporter=reporter)

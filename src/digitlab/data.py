@@ -277,9 +277,7 @@ def export_image_folder(split: Split, out: Path, limit: int | None = None, progr
         from rich.console import Console
         from rich.progress import track
 
-        indices = track(
-            indices, description=f"writing {n} PNGs", console=Console(stderr=True), transient=True
-        )
+        indices = track(indices, description=f"writing {n} PNGs", console=Console(stderr=True), transient=True)
     try:
         for label in sorted(set(split.labels[:n].tolist())):
             (out / str(label)).mkdir(parents=True, exist_ok=True)

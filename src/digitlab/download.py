@@ -95,9 +95,7 @@ def _reason(e: object) -> str:
     return (str(e) or type(e).__name__).replace("\n", " ")
 
 
-def _download_one(
-    stem: str, dest: Path, mirrors: list[str], expected: str, timeout: float, progress
-) -> list[str]:
+def _download_one(stem: str, dest: Path, mirrors: list[str], expected: str, timeout: float, progress) -> list[str]:
     """Fetch `<stem>.gz` from the first mirror that serves the right content; return the failures seen."""
     failures: list[str] = []
     final = dest / f"{stem}.gz"

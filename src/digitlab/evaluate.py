@@ -138,9 +138,7 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         "per_class": {str(c): scores(report[str(c)]) for c in classes},
         "macro_avg": scores(report["macro avg"]),
         "weighted_avg": scores(report["weighted avg"]),
-        "classification_report": classification_report(
-            labels, preds, labels=classes, digits=4, zero_division=0
-        ),
+        "classification_report": classification_report(labels, preds, labels=classes, digits=4, zero_division=0),
         "confusion": confusion_matrix(labels, preds, labels=classes).tolist(),
     }
 

@@ -61,9 +61,7 @@ class SeedNet(nn.Module):
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:
     # bias=False: BatchNorm's shift makes a conv bias redundant.
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class FastNet(nn.Module):

@@ -151,9 +151,7 @@ def plot_errors(
         mosaic[y : y + side, x : x + side] = images[i]
         ax.text(x + side / 2, y - 2, f"{labels[i]}→{preds[i]} ({100 * confidences[i]:.0f}%)", ha="center",
                 va="bottom", fontsize=8)  # fmt: skip
-    ax.imshow(
-        mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest"
-    )  # dark ink on white, like paper
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")  # dark ink on white, like paper
     n_wrong = int((labels != preds).sum())
     ax.set_title(f"Misclassified: {len(wrong)} of {n_wrong:,} shown, most confident first (true→predicted)",
                  fontsize=10)  # fmt: skip
@@ -175,9 +173,7 @@ def plot_reliability(reliability_bins: Sequence[dict[str, Any]], out: Path, ece:
     fig = _new_figure(6, 6.5)
     ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     ok = count > 0
-    ax.bar(
-        lo[ok], acc[ok], width=width[ok], align="edge", color="tab:blue", edgecolor="white", label="accuracy"
-    )
+    ax.bar(lo[ok], acc[ok], width=width[ok], align="edge", color="tab:blue", edgecolor="white", label="accuracy")
     gap_bottom = np.minimum(acc, conf)[ok]
     # The gap is hatched, not filled, so it stays readable where it lies over the accuracy bar (acc > conf).
     ax.bar(lo[ok], np.abs(acc - conf)[ok], bottom=gap_bottom, width=width[ok], align="edge",

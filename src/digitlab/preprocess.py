@@ -283,9 +283,7 @@ def _background(g: np.ndarray) -> np.ndarray | float:
     size = max(3, max(small.shape) // 3)
     env = ndi.grey_opening(small, size=(size, size), mode="nearest")
     strokes = small - env
-    sw = (
-        stroke_width(np.where(strokes > 0.5 * float(strokes.max()), strokes, 0)) if strokes.max() > 0 else 0.0
-    )
+    sw = stroke_width(np.where(strokes > 0.5 * float(strokes.max()), strokes, 0)) if strokes.max() > 0 else 0.0
     size = int(np.clip(math.ceil(3 * sw), 3, size))
     env = ndi.grey_opening(small, size=(size, size), mode="nearest")
     env = ndi.gaussian_filter(env, size / 4, mode="nearest")
@@ -572,9 +570,7 @@ def _preprocess_gray(g: np.ndarray, scale: float, size: tuple[int, int], thin: b
     return _finish(_to_mnist(prep.ink, thin), stats, size)
 
 
-def preprocess(
-    source: ImageSource, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT, thin: bool = False
-) -> Preprocessed:
+def preprocess(source: ImageSource, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT, thin: bool = False) -> Preprocessed:
     """Load any supported image and turn it into a 28x28 MNIST-style digit; bad input raises ImageError.
 
     `thin` erodes strokes thicker than ~4 px at 20 px digit height (fat markers) towards MNIST's ~2.5 px.

@@ -71,13 +71,9 @@ class RunDir:
     def require(self) -> RunDir:
         """Raise a one-line RunDirError unless this looks like a finished run."""
         if not self.root.is_dir():
-            raise RunDirError(
-                f"no run directory at {self.root} — run `digitlab train --out {self.root}` first"
-            )
+            raise RunDirError(f"no run directory at {self.root} — run `digitlab train --out {self.root}` first")
         if not self.best.exists():
-            raise RunDirError(
-                f"no checkpoint in {self.root} (expected {self.best}) — run `digitlab train` first"
-            )
+            raise RunDirError(f"no checkpoint in {self.root} (expected {self.best}) — run `digitlab train` first")
         return self
 
     def read_config(self) -> TrainConfig:

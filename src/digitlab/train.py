@@ -146,9 +146,7 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(s, h)
 
 
-def _evaluate_split(
-    model: nn.Module, split: Split, config: TrainConfig, device: torch.device
-) -> dict[str, float]:
+def _evaluate_split(model: nn.Module, split: Split, config: TrainConfig, device: torch.device) -> dict[str, float]:
     logits = torch.from_numpy(predict_logits(model, split.images, tta=False, device=device))
     labels = torch.from_numpy(split.labels)
     loss = F.cross_entropy(logits, labels).item()
@@ -195,9 +193,7 @@ class _State:
             setattr(self, k, v)
 
 
-def _save_last(
-    rd: RunDir, model, opt, sched, state: _State, gen: torch.Generator, config: TrainConfig
-) -> None:
+def _save_last(rd: RunDir, model, opt, sched, state: _State, gen: torch.Generator, config: TrainConfig) -> None:
     path = rd.last
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -263,9 +259,7 @@ def _train(
     steps_per_epoch = max(1, n // config.batch_size)  # drop the ragged last batch: same shapes every step
 
     model = build_model(config.model, **config.model_args).to(device)
-    channels_last = (
-        device.type == "cpu" and config.model == "fast"
-    )  # measured: ~30% faster for FastNet on CPU
+    channels_last = device.type == "cpu" and config.model == "fast"  # measured: ~30% faster for FastNet on CPU
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, config)
