@@ -42,6 +42,7 @@ class TrainConfig:
     tta: bool = False  # test-time augmentation (average over small shifts) at evaluation
     eval_every: int = 1  # validate every N epochs (the last epoch is always validated)
     device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "fp32"  # fp32 | auto (bf16 autocast where the CPU has native bf16, fp16 AMP on CUDA)
     threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
 
     def to_json(self) -> str:
@@ -88,7 +89,8 @@ FAST = TrainConfig(
     zoom=0.1,
     translate=0.1,
     tta=True,
-    eval_every=1000,  # only the final epoch is validated: validation costs time and chooses nothing here
+    eval_every=1000,
+    precision="auto",  # only the final epoch is validated: validation costs time and chooses nothing here
 )
 
 PRESETS: dict[str, TrainConfig] = {"seed": SEED, "fast": FAST}

@@ -1,0 +1,62 @@
+"""Benchmark the `fast` preset: official-test accuracy and training seconds over several seeds.
+
+    python bench/fast.py --seeds 0 1 2 --out bench/results/fast.json
+
+Target (issue #2): >= 99.60% official test accuracy in <= 60 s of training on 2 CPU cores.
+Each seed is a full `digitlab train --preset fast` run; the test set is only read by the final evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from digitlab.config import get_preset
+from digitlab.train import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="fast")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--runs", type=Path, default=None, help="keep run directories here (default: temporary)")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.runs or Path(tmp)
+        for seed in args.seeds:
+            config = get_preset(args.preset).override(seed=seed)
+            t0 = time.perf_counter()
+            m = train(config, root / f"{args.preset}-{seed}").metrics
+            rows.append({"seed": seed, "test_accuracy": m["test"]["accuracy"], "val_accuracy": m["val"]["accuracy"],
+                         "train_seconds": m["train_seconds"], "total_seconds": round(time.perf_counter() - t0, 1),
+                         "params": m["params"], "device": m["device"]})  # fmt: skip
+            r = rows[-1]
+            print(f"seed {seed}: test {r['test_accuracy']:.4%}  val {r['val_accuracy']:.4%}  "
+                  f"train {r['train_seconds']:.1f} s  (total {r['total_seconds']:.1f} s)", flush=True)  # fmt: skip
+    acc = [r["test_accuracy"] for r in rows]
+    sec = [r["train_seconds"] for r in rows]
+    summary = {
+        "preset": args.preset,
+        "seeds": args.seeds,
+        "test_accuracy_mean": statistics.mean(acc),
+        "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+        "train_seconds_mean": statistics.mean(sec),
+        "train_seconds_max": max(sec),
+        "runs": rows,
+    }
+    print(f"{args.preset}: test {summary['test_accuracy_mean']:.4%} ± {summary['test_accuracy_std']:.4%} "
+          f"(n={len(acc)}), train {summary['train_seconds_mean']:.1f} s mean, {max(sec):.1f} s max")  # fmt: skip
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
