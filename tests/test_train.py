@@ -1,6 +1,7 @@
 """Training on tiny subsets: determinism, bit-exact resume, clean stops on signals, the run directory."""
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -113,3 +114,25 @@ def test_signal_handlers_are_restored(tmp_path, mnist):
     before = signal.getsignal(signal.SIGINT)
     train(tiny(epochs=1), tmp_path / "r", dataset=mnist, evaluate_test=False)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_run_directory_layout_and_metrics_keys(tiny_run):
+    for rel in ["config.json", "history.csv", "metrics.json", "checkpoint/best.pt", "checkpoint/last.pt", "report.md",
+                "plots/curves.png", "plots/confusion.png", "plots/errors.png", "plots/reliability.png"]:  # fmt: skip
+        assert (tiny_run / rel).is_file(), rel
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert 0 <= m["val"]["accuracy"] <= 1
+    assert 0 <= m["test"]["accuracy"] <= 1
+    assert sorted(m["test"]["per_class"]) == [str(d) for d in range(10)]
+    assert m["train_seconds"] > 0 and m["params"] > 0
+    assert m["preset"] == "fast" and m["seed"] == 42
+    assert m["torch"] == torch.__version__ and m["device"].startswith("cpu")
+    report = (tiny_run / "report.md").read_text()
+    assert "official test set" in report.lower()
+
+
+def test_config_round_trips_through_the_run_directory(tiny_run):
+    from digitlab.config import TrainConfig
+
+    config = TrainConfig.load(tiny_run / "config.json")
+    assert config.preset == "fast" and config.limit == 1000 and config.model_args == {"widths": [8, 16, 32]}

@@ -1,0 +1,536 @@
+"""Non-MNIST evaluation sets: MNIST test digits re-drawn as canvases and photos, and digits from handwriting fonts.
+
+A model that scores 99.6% on MNIST reads far fewer of the digits people draw in a browser or photograph when
+the picture is simply squashed to 28x28. These sets measure that gap, on input made the way users send it:
+
+- `canvas_set`: MNIST *test* digits re-drawn as a 280x280 browser canvas exports them. Each digit is
+  re-stroked with a constant-width anti-aliased pen (12-28 px) along its centre line, scaled to 120-250 px
+  height (aspect jitter +-10%), rotated +-15 degrees and placed anywhere on the canvas (off-centre), then
+  exported as transparent RGBA (untouched pixels (0,0,0,0), black or white ink in alpha) or opaque
+  white-on-black / black-on-white RGB, a quarter each.
+- `photo_set`: MNIST test digits written in dark ink on paper and photographed: ballpoint-to-marker pen,
+  uneven lighting (a gradient and a soft shadow), paper texture and sensor noise, slight defocus blur, a
+  warm tint, JPEG compression (quality 40-90); colour or greyscale JPEG bytes, 160-320 px a side.
+- `font_set`: the digits 0-9 rendered from handwriting-like and ordinary fonts packaged by Debian (see
+  FONTS), random size, position and rotation on canvases of 64-280 px, exported like the canvas set.
+
+Everything is deterministic for a given seed (and library versions): image i of a set depends only on the
+seed and i, so a small `n` gives the first images of a large one. `scripts/make_realworld.py` writes the sets
+to `data/realworld/{canvas,photo,fonts}.npz` (committed, so evaluation never needs the fonts), and
+`evaluate_realworld` scores a run on them with digitlab's `preprocess` and with the `naive_resize` baseline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage as ndi
+
+from digitlab.data import Split
+from digitlab.errors import DataError
+
+__all__ = [
+    "CANVAS_MODES",
+    "FONTS",
+    "SET_NAMES",
+    "RealWorldSet",
+    "canvas_set",
+    "evaluate_realworld",
+    "find_fonts",
+    "font_set",
+    "load_realworld",
+    "photo_set",
+    "realworld_dir",
+    "realworld_markdown",
+    "save_realworld",
+    "score_realworld",
+]
+
+SET_NAMES = ("canvas", "photo", "fonts")
+CANVAS_SIDE = 280
+# How a canvas leaves the browser: (0,0,0,0) background with black or white ink in alpha, or filled first.
+CANVAS_MODES = ("rgba/black-ink", "rgba/white-ink", "rgb/white-on-black", "rgb/black-on-white")
+REPORT_HEADING = "## Real-world input"
+FORMAT_VERSION = 1
+
+# Fonts from Debian packages, as (package, file name under /usr/share/fonts/*/, style). Handwriting-like
+# fonts first; ordinary print fonts give breadth (serif 1s, open 4s, crossed 7s).
+FONTS: tuple[tuple[str, str, str], ...] = (
+    ("fonts-breip", "breip/Breip.ttf", "handwriting"),
+    ("fonts-bwht", "bwht/BecauseWeBuild-Regular.otf", "handwriting"),
+    ("fonts-bwht", "bwht/BecauseWeConnect-Regular.otf", "handwriting"),
+    ("fonts-bwht", "bwht/BecauseWeCreate-Regular.otf", "handwriting"),
+    ("fonts-bwht", "bwht/BecauseWeLearn-Regular.otf", "handwriting"),
+    ("fonts-bwht", "bwht/BecauseWeMentor-Regular.otf", "handwriting"),
+    ("fonts-bwht", "bwht/BecauseWeOrganize-Regular.otf", "handwriting"),
+    ("fonts-comic-neue", "comic-neue/ComicNeue-Regular.otf", "handwriting"),
+    ("fonts-comic-neue", "comic-neue/ComicNeue-Bold.otf", "handwriting"),
+    ("fonts-comic-neue", "comic-neue/ComicNeue-Light.otf", "handwriting"),
+    ("fonts-comic-neue", "comic-neue/ComicNeue-Italic.otf", "handwriting"),
+    ("fonts-dancingscript", "dancingscript/DancingScript-Regular.otf", "handwriting"),
+    ("fonts-dancingscript", "dancingscript/DancingScript-Bold.otf", "handwriting"),
+    ("fonts-dkg-handwriting", "fifthhorseman/dkg.ttf", "handwriting"),
+    ("fonts-dkg-handwriting", "fifthhorseman/dkgBd.ttf", "handwriting"),
+    ("fonts-ecolier-court", "ecolier-court/Ecolier-court.ttf", "handwriting"),
+    ("fonts-femkeklaver", "femkeklaver/femkeklaver.ttf", "handwriting"),
+    ("fonts-havana", "havana/Havana-Regular.otf", "handwriting"),
+    ("fonts-humor-sans", "humor-sans/Humor-Sans.ttf", "handwriting"),
+    ("fonts-kaushanscript", "kaushanscript/KaushanScript-Regular.otf", "handwriting"),
+    ("fonts-klee", "klee/KleeOne-Regular.ttf", "handwriting"),
+    ("fonts-klee", "klee/KleeOne-SemiBold.ttf", "handwriting"),
+    ("fonts-kristi", "kristi/Kristi.ttf", "handwriting"),
+    ("fonts-rufscript", "rufscript/Rufscript010.ttf", "handwriting"),
+    ("fonts-sjfonts", "sjfonts/Delphine.ttf", "handwriting"),
+    ("fonts-sjfonts", "sjfonts/SteveHand.ttf", "handwriting"),
+    ("fonts-tlwg-purisa-ttf", "tlwg/Purisa.ttf", "handwriting"),
+    ("fonts-tlwg-purisa-ttf", "tlwg/Purisa-Oblique.ttf", "handwriting"),
+    ("fonts-tomsontalks", "tomsontalks/TomsonTalks.ttf", "handwriting"),
+    ("fonts-urw-base35", "urw-base35/Z003-MediumItalic.otf", "handwriting"),
+    ("fonts-yusei-magic", "yusei-magic/YuseiMagic-Regular.ttf", "handwriting"),
+    ("fonts-dejavu-core", "dejavu/DejaVuSans.ttf", "print"),
+    ("fonts-dejavu-core", "dejavu/DejaVuSans-Bold.ttf", "print"),
+    ("fonts-dejavu-core", "dejavu/DejaVuSans-Oblique.ttf", "print"),
+    ("fonts-dejavu-core", "dejavu/DejaVuSansMono.ttf", "print"),
+    ("fonts-dejavu-core", "dejavu/DejaVuSerif.ttf", "print"),
+    ("fonts-dejavu-extra", "dejavu/DejaVuSans-ExtraLight.ttf", "print"),
+    ("fonts-dejavu-extra", "dejavu/DejaVuSansCondensed.ttf", "print"),
+    ("fonts-freefont-ttf", "freefont/FreeSans.ttf", "print"),
+    ("fonts-freefont-ttf", "freefont/FreeSerif.ttf", "print"),
+    ("fonts-freefont-ttf", "freefont/FreeSerifItalic.ttf", "print"),
+    ("fonts-freefont-ttf", "freefont/FreeMono.ttf", "print"),
+    ("fonts-liberation2", "liberation2/LiberationSans-Regular.ttf", "print"),
+    ("fonts-liberation2", "liberation2/LiberationSans-Bold.ttf", "print"),
+    ("fonts-liberation2", "liberation2/LiberationSerif-Regular.ttf", "print"),
+    ("fonts-liberation2", "liberation2/LiberationMono-Regular.ttf", "print"),
+    ("fonts-urw-base35", "urw-base35/NimbusSans-Regular.otf", "print"),
+    ("fonts-urw-base35", "urw-base35/NimbusRoman-Italic.otf", "print"),
+    ("fonts-urw-base35", "urw-base35/URWGothic-Book.otf", "print"),
+    ("fonts-urw-base35", "urw-base35/URWBookman-Light.otf", "print"),
+    ("fonts-urw-base35", "urw-base35/C059-Roman.otf", "print"),
+    ("fonts-urw-base35", "urw-base35/P052-Italic.otf", "print"),
+    ("fonts-gnutypewriter", "gnutypewriter/GNUTypewriter.ttf", "print"),
+    ("fonts-jura", "jura/Jura-Regular.otf", "print"),
+    ("fonts-opendyslexic", "opendyslexic/OpenDyslexic-Regular.otf", "print"),
+)
+FONT_ROOTS = (Path("/usr/share/fonts/truetype"), Path("/usr/share/fonts/opentype"))
+FONT_VARIANTS = 4  # images per font and digit: one per export mode, each with its own size, place and angle
+
+Source = np.ndarray | bytes
+
+
+# --------------------------------------------------------------------------------------------- the set
+
+
+@dataclass(frozen=True)
+class RealWorldSet:
+    """Source images as a user would send them, with their labels.
+
+    `images[i]` is a uint8 array (H, W) L, (H, W, 3) RGB or (H, W, 4) RGBA, or the bytes of a JPEG file;
+    `kinds[i]` says which format variant it is (e.g. "rgba/black-ink", "jpeg/rgb"); `origins[i]` where the
+    digit came from ("mnist-test:1234", "font:breip/Breip.ttf").
+    """
+
+    name: str
+    images: list[Source]
+    labels: np.ndarray  # int64 (N,)
+    kinds: np.ndarray  # str (N,)
+    origins: np.ndarray  # str (N,)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx: Sequence[int] | np.ndarray | slice) -> RealWorldSet:
+        ids = np.arange(len(self))[idx]
+        return RealWorldSet(self.name, [self.images[i] for i in ids], self.labels[ids], self.kinds[ids],
+                            self.origins[ids])  # fmt: skip
+
+
+def _rng(seed: int, i: int) -> np.random.Generator:
+    return np.random.default_rng([seed, i])
+
+
+def _pick(split: Split, n: int, seed: int) -> np.ndarray:
+    if split.labels is None:
+        raise DataError("the split has no labels")
+    if not 0 < n <= len(split):
+        raise DataError(f"n must be in 1..{len(split)}, not {n}")
+    return np.random.default_rng([seed, 0x5E7]).permutation(len(split))[:n]
+
+
+# --------------------------------------------------------------------------------------------- drawing
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    im = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))
+    return np.asarray(im.resize(size, resample), dtype=np.float32)
+
+
+def _crop(a: np.ndarray, level: float = 0.0, pad: int = 0) -> np.ndarray:
+    ys, xs = np.nonzero(a > level)
+    y0, y1 = max(0, ys.min() - pad), min(a.shape[0], ys.max() + 1 + pad)
+    x0, x1 = max(0, xs.min() - pad), min(a.shape[1], xs.max() + 1 + pad)
+    return a[y0:y1, x0:x1]
+
+
+def _restroke(digit: np.ndarray, height: float, aspect: float, angle: float, pen: float) -> np.ndarray:
+    """Ink coverage (float32 in [0, 1], cropped) of an MNIST digit re-drawn with a round pen `pen` px wide.
+
+    The digit is enlarged to `height` px (its width times `aspect`) and rotated by `angle` degrees; its
+    centre line (the ridge of the distance transform of the enlarged shape) is then traced with the pen,
+    whose edge is anti-aliased over one pixel, as a browser canvas strokes a path.
+    """
+    g = _crop(digit.astype(np.float32) / 255, 0.1)
+    h, w = g.shape
+    k = height / h
+    pad = np.pad(g, 2)
+    big = _resize(pad, (max(1, round(pad.shape[1] * k * aspect)), max(1, round(pad.shape[0] * k))),
+                  Image.Resampling.BICUBIC)  # fmt: skip
+    big = np.asarray(Image.fromarray(big).rotate(angle, Image.Resampling.BICUBIC, expand=True), np.float32)
+    mask = big > 0.5 * float(big.max())
+    depth = ndi.distance_transform_edt(mask)
+    ridge = mask & (depth >= ndi.maximum_filter(depth, size=3))
+    r = pen / 2
+    margin = int(np.ceil(r)) + 2
+    ridge = np.pad(ridge, margin)
+    dist = ndi.distance_transform_edt(~ridge)
+    cov = np.clip(r + 0.5 - dist, 0, 1).astype(np.float32)
+    return _crop(cov)
+
+
+def _place(cov: np.ndarray, size: tuple[int, int], rng: np.random.Generator, margin: int = 3) -> np.ndarray:
+    """Paste coverage at a random position on an empty (H, W) = `size` canvas, shrinking it if it is too big."""
+    H, W = size
+    h, w = cov.shape
+    fit = min(1.0, (H - 2 * margin) / h, (W - 2 * margin) / w)
+    if fit < 1:
+        cov = np.clip(_resize(cov, (max(1, int(w * fit)), max(1, int(h * fit))), Image.Resampling.BOX), 0, 1)
+        h, w = cov.shape
+    y = int(rng.integers(margin, H - margin - h + 1))
+    x = int(rng.integers(margin, W - margin - w + 1))
+    out = np.zeros(size, np.float32)
+    out[y : y + h, x : x + w] = cov
+    return out
+
+
+def _export(cov: np.ndarray, mode: str) -> np.ndarray:
+    """Coverage in [0, 1] -> the uint8 array a canvas export decodes to, for one of CANVAS_MODES."""
+    a = np.round(np.clip(cov, 0, 1) * 255).astype(np.uint8)
+    if mode == "rgba/black-ink":  # untouched pixels (0,0,0,0); black ink whose alpha is its coverage
+        return np.dstack([np.zeros_like(a)] * 3 + [a])
+    if mode == "rgba/white-ink":
+        rgb = np.where(a > 0, 255, 0).astype(np.uint8)
+        return np.dstack([rgb] * 3 + [a])
+    if mode == "rgb/white-on-black":
+        return np.dstack([a] * 3)
+    if mode == "rgb/black-on-white":
+        return np.dstack([255 - a] * 3)
+    raise ValueError(f"unknown canvas mode {mode!r}")
+
+
+def canvas_set(split: Split, n: int = 2000, seed: int = 0) -> RealWorldSet:
+    """`n` MNIST test digits re-drawn as 280x280 browser-canvas exports (see the module docstring)."""
+    idx = _pick(split, n, seed)
+    images, kinds = [], []
+    for i, j in enumerate(idx):
+        rng = _rng(seed, i)
+        height = rng.uniform(120, 250)
+        aspect = rng.uniform(0.9, 1.1)
+        angle = rng.uniform(-15, 15)
+        pen = rng.uniform(12, 28)
+        mode = CANVAS_MODES[i % len(CANVAS_MODES)]
+        cov = _restroke(split.images[j], height, aspect, angle, pen)
+        images.append(_export(_place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode))
+        kinds.append(mode)
+    return RealWorldSet("canvas", images, split.labels[idx].astype(np.int64), np.array(kinds),
+                        np.array([f"mnist-test:{j}" for j in idx]))  # fmt: skip
+
+
+def _jpeg(a: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
+    w, h = (int(v) for v in rng.integers(160, 321, size=2))
+    height = rng.uniform(0.4, 0.75) * min(w, h)
+    pen = height * rng.uniform(0.05, 0.14)  # ballpoint to felt-tip, relative to the digit's height
+    cov = _restroke(digit, height, rng.uniform(0.9, 1.1), rng.uniform(-15, 15), pen)
+    cov = _place(cov, (h, w), rng, margin=max(4, min(w, h) // 12))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    # Lighting: a gradient in a random direction, plus a soft shadow (a hand or a phone) over one side.
+    theta = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(theta) * (xx / w - 0.5) + np.sin(theta) * (yy / h - 0.5)) * rng.uniform(0.1, 0.45)
+    cx, cy, sr = rng.uniform(-0.2, 1.2) * w, rng.uniform(-0.2, 1.2) * h, rng.uniform(0.3, 0.8) * max(w, h)
+    shadow = rng.uniform(0, 0.3) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sr**2))
+    light = np.clip(1 + ramp - shadow, 0.3, 1.2)
+    paper = rng.uniform(0.7, 0.95)
+    ink = rng.uniform(0.05, 0.35)
+    texture = ndi.gaussian_filter(rng.normal(0, 1, (h, w)), rng.uniform(1, 3)) * rng.uniform(0.01, 0.04)
+    cov = ndi.gaussian_filter(cov, rng.uniform(0.3, 1.2))  # defocus
+    gray = light * (paper + texture) * (1 - cov) + light * ink * cov
+    tint = np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 1.0)], np.float32)
+    rgb = gray[..., None] * tint + rng.normal(0, rng.uniform(0.005, 0.025), (h, w, 1))  # sensor noise
+    a = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    quality = int(rng.integers(40, 91))
+    if rng.random() < 0.25:
+        return _jpeg(np.ascontiguousarray(np.round(a @ [0.299, 0.587, 0.114]).astype(np.uint8)), quality), "jpeg/l"
+    return _jpeg(a, quality), "jpeg/rgb"
+
+
+def photo_set(split: Split, n: int = 1000, seed: int = 1) -> RealWorldSet:
+    """`n` MNIST test digits in dark ink on paper, photographed: JPEG bytes (see the module docstring)."""
+    idx = _pick(split, n, seed)
+    images, kinds = [], []
+    for i, j in enumerate(idx):
+        data, kind = _photo(split.images[j], _rng(seed, i))
+        images.append(data)
+        kinds.append(kind)
+    return RealWorldSet("photo", images, split.labels[idx].astype(np.int64), np.array(kinds),
+                        np.array([f"mnist-test:{j}" for j in idx]))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- fonts
+
+
+def find_fonts(roots: Iterable[Path] = FONT_ROOTS) -> list[tuple[str, Path, str]]:
+    """The FONTS installed here, as (name, path, style); fonts that are not installed are left out."""
+    found = []
+    roots = list(roots)
+    for _, name, style in FONTS:
+        path = next((r / name for r in roots if (r / name).is_file()), None)
+        if path is not None:
+            found.append((name, path, style))
+    return found
+
+
+def _glyph(font: ImageFont.FreeTypeFont, text: str) -> np.ndarray:
+    """Anti-aliased coverage of `text` (float32, cropped; empty when the font draws nothing)."""
+    left, top, right, bottom = font.getbbox(text)
+    im = Image.new("L", (right - left + 8, bottom - top + 8), 0)
+    ImageDraw.Draw(im).text((4 - left, 4 - top), text, font=font, fill=255)
+    a = np.asarray(im, np.float32) / 255
+    return _crop(a) if a.any() else np.zeros((0, 0), np.float32)
+
+
+def _font_digits(path: Path) -> list[np.ndarray] | None:
+    """The ten digit glyphs of a font at a large size, or None when it lacks real digits."""
+    font = ImageFont.truetype(str(path), 160)
+    glyphs = [_glyph(font, str(d)) for d in range(10)]
+    notdef = _glyph(font, "\U000f0000")  # a private-use code point: fonts draw their missing-glyph box
+    for g in glyphs:
+        if g.size == 0 or (g.shape == notdef.shape and np.array_equal(g, notdef)):
+            return None
+    return glyphs
+
+
+def font_set(seed: int = 2, fonts: Sequence[tuple[str, Path, str]] | None = None,
+             variants: int = FONT_VARIANTS) -> RealWorldSet:  # fmt: skip
+    """Digits 0-9 from each installed font in FONTS (or `fonts`), `variants` images per font and digit.
+
+    Each image: a canvas 64-280 px a side (not always square), the glyph 35-85% of its height, rotated
+    +-10 degrees, anywhere on it, exported like a canvas (CANVAS_MODES, in turn). `kinds` is
+    "<style>/<mode>", `origins` "font:<name>". Fonts without digit glyphs are skipped.
+    """
+    fonts = find_fonts() if fonts is None else list(fonts)
+    images, labels, kinds, origins = [], [], [], []
+    i = 0
+    for name, path, style in fonts:
+        glyphs = _font_digits(path)
+        if glyphs is None:
+            continue
+        for digit, glyph in enumerate(glyphs):
+            for v in range(variants):
+                rng = _rng(seed, i)
+                i += 1
+                w, h = (int(s) for s in rng.integers(64, 281, size=2))
+                angle = rng.uniform(-10, 10)
+                g = np.asarray(Image.fromarray(glyph).rotate(angle, Image.Resampling.BICUBIC, expand=True))
+                g = _crop(g, 0.02)
+                k = rng.uniform(0.35, 0.85) * h / g.shape[0]
+                size = (max(1, round(g.shape[1] * k)), max(1, round(g.shape[0] * k)))
+                g = np.clip(_resize(g, size, Image.Resampling.BOX if k < 1 else Image.Resampling.BICUBIC), 0, 1)
+                mode = CANVAS_MODES[(digit + v) % len(CANVAS_MODES)]
+                images.append(_export(_place(g, (h, w), rng), mode))
+                labels.append(digit)
+                kinds.append(f"{style}/{mode}")
+                origins.append(f"font:{name}")
+    if not images:
+        raise DataError("no usable fonts installed (see digitlab.realworld.FONTS for the Debian packages)")
+    return RealWorldSet("fonts", images, np.array(labels, np.int64), np.array(kinds), np.array(origins))
+
+
+# --------------------------------------------------------------------------------------------- storage
+
+
+def realworld_dir() -> Path:
+    """Where the committed sets live: $DIGITLAB_DATA/realworld when it exists, else the repository's copy."""
+    env = os.environ.get("DIGITLAB_DATA")
+    if env and (Path(env) / "realworld").is_dir():
+        return Path(env) / "realworld"
+    return Path(__file__).resolve().parents[2] / "data" / "realworld"
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def save_realworld(ds: RealWorldSet, path: Path, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write a set to one .npz: arrays as lossless PNG files, JPEG bytes as they are, in one byte blob."""
+    blobs = [img if isinstance(img, bytes) else _png(img) for img in ds.images]
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    info = {"name": ds.name, "format_version": FORMAT_VERSION, **(meta or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, blob=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
+             is_jpeg=np.array([isinstance(img, bytes) for img in ds.images]), labels=ds.labels.astype(np.uint8),
+             kinds=ds.kinds.astype(str), origins=ds.origins.astype(str), meta=np.array(json.dumps(info)))  # fmt: skip
+    tmp.replace(path)
+    return path
+
+
+def load_realworld(name: str, directory: Path | None = None) -> RealWorldSet:
+    """Read a set written by `save_realworld` (name: canvas, photo, fonts; or a path to an .npz)."""
+    path = Path(name) if str(name).endswith(".npz") else (directory or realworld_dir()) / f"{name}.npz"
+    if not path.is_file():
+        raise DataError(f"no real-world set at {path} — run `python scripts/make_realworld.py`")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            blob, offsets, is_jpeg = z["blob"].tobytes(), z["offsets"], z["is_jpeg"]
+            labels, kinds, origins = z["labels"].astype(np.int64), z["kinds"], z["origins"]
+            info = json.loads(str(z["meta"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{path}: not a real-world set ({e})") from None
+    images: list[Source] = []
+    for k in range(len(labels)):
+        data = blob[offsets[k] : offsets[k + 1]]
+        if is_jpeg[k]:
+            images.append(data)
+        else:
+            with Image.open(io.BytesIO(data)) as im:
+                images.append(np.asarray(im))
+    return RealWorldSet(info.get("name", path.stem), images, labels, kinds, origins)
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+def _accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    return float((pred == labels).mean()) if len(labels) else 0.0
+
+
+def score_realworld(
+    model: Any, ds: RealWorldSet, tta: bool = False, device: Any = "cpu", thin: bool = False
+) -> dict[str, Any]:
+    """Accuracy of `model` on a set with digitlab's `preprocess` and with the `naive_resize` baseline.
+
+    Images that `preprocess` calls empty count as errors (the app would answer "no digit"). Also broken
+    down by format variant ("by_kind") and, for the fonts set, by font ("by_font").
+    """
+    from digitlab.evaluate import predict_logits
+    from digitlab.preprocess import naive_resize, preprocess
+
+    ours, naive, empty = [], [], []
+    for img in ds.images:
+        p = preprocess(img, thin=thin)
+        ours.append(p.image)
+        empty.append(p.status != "ok")
+        naive.append(naive_resize(img))
+    empty_mask = np.array(empty, bool)
+    pred = predict_logits(model, np.stack(ours), tta=tta, device=device).argmax(1)
+    pred[empty_mask] = -1
+    naive_pred = predict_logits(model, np.stack(naive), tta=tta, device=device).argmax(1)
+    labels = ds.labels
+
+    def group(keys: np.ndarray) -> dict[str, dict[str, Any]]:
+        return {str(k): {"n": int((keys == k).sum()), "accuracy": _accuracy(pred[keys == k], labels[keys == k]),
+                         "naive_accuracy": _accuracy(naive_pred[keys == k], labels[keys == k])}
+                for k in sorted(set(keys.tolist()))}  # fmt: skip
+
+    out: dict[str, Any] = {
+        "n": len(ds),
+        "accuracy": _accuracy(pred, labels),
+        "naive_accuracy": _accuracy(naive_pred, labels),
+        "empty": int(empty_mask.sum()),
+        "by_kind": group(ds.kinds),
+    }
+    if ds.name == "fonts":
+        out["by_font"] = group(np.array([o.removeprefix("font:") for o in ds.origins]))
+    return out
+
+
+def realworld_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The report section: one row per set, accuracy with digitlab preprocessing beside the naive baseline."""
+    lines = [REPORT_HEADING, "",
+             "Accuracy on digitlab's own non-MNIST sets (`data/realworld/`, made by `scripts/make_realworld.py`): "
+             "MNIST test digits re-drawn as browser-canvas exports and as phone photos of ink on paper, and "
+             "digits rendered from handwriting and print fonts. *digitlab* runs each image through "
+             "`digitlab.preprocess` (images it calls empty count as errors); *naive resize* converts to "
+             "grey, inverts dark-on-light and squashes the whole picture to 28x28, as typical demos do.",
+             "", "| set | n | accuracy (digitlab preprocessing) | naive resize baseline | empty |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['n']:,} | {100 * r['accuracy']:.2f}% | {100 * r['naive_accuracy']:.2f}% "
+                     f"| {r.get('empty', 0):,} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _replace_section(text: str, section: str) -> str:
+    """Put `section` in place of an existing one with the same heading, else before "## Figures", else last."""
+    pattern = re.compile(rf"^{re.escape(REPORT_HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    figures = re.search(r"^## Figures\n", text, re.M)
+    if figures:
+        return text[: figures.start()] + section + "\n" + text[figures.start() :]
+    return (text.rstrip() + "\n\n" if text.strip() else "") + section
+
+
+def evaluate_realworld(
+    run: Path | Any,
+    sets: Iterable[str] | Mapping[str, RealWorldSet] | None = None,
+    progress: Callable[[str], None] | None = None,
+    device: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Score a run's best checkpoint on the real-world sets; write RUN/metrics.json["realworld"] and report.md.
+
+    `sets`: None for all of SET_NAMES from `data/realworld/`, some of those names, or ready sets by name
+    (e.g. small subsets in tests). The run config's test-time augmentation is used. Returns
+    {set: {"n", "accuracy", "naive_accuracy", "empty", "by_kind"[, "by_font"]}}; other keys of
+    metrics.json are kept and the report's "Real-world input" section is added or replaced.
+    """
+    from digitlab.evaluate import _pick_device, _read_json
+    from digitlab.rundir import RunDir, load_model
+
+    rd = (run if isinstance(run, RunDir) else RunDir(Path(run))).require()
+    say = progress or (lambda msg: None)
+    config = rd.read_config()
+    dev = _pick_device(device or config.device)
+    model = load_model(rd, device=dev)
+    if sets is None:
+        sets = SET_NAMES
+    named = dict(sets) if isinstance(sets, Mapping) else {s: None for s in sets}
+    results: dict[str, dict[str, Any]] = {}
+    for name, ds in named.items():
+        if ds is None:
+            say(f"loading the {name} set")
+            ds = load_realworld(name)
+        say(f"scoring {len(ds):,} {name} images")
+        results[name] = score_realworld(model, ds, tta=config.tta, device=dev)
+    metrics = {**_read_json(rd.metrics), "realworld": results}
+    rd.write_json(rd.metrics, metrics)
+    report = rd.report.read_text() if rd.report.exists() else ""
+    rd.report.write_text(_replace_section(report, realworld_markdown(results)))
+    return results
