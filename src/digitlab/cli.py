@@ -337,5 +337,206 @@ def runs_compare(runs: list[Path] = typer.Argument(..., help="Run directories to
     console.print(table)
 
 
+# ---------------------------------------------------------------------------------------------- predict / export
+
+PREDICT_FORMATS = ("table", "json", "csv")
+BACKEND_HELP = "torch, onnx or onnx-int8 (the ONNX files come from `digitlab export`)."
+
+
+def default_run() -> Path:
+    """The run used when none is given: the model bundled with the package (digitlab/pretrained/fast)."""
+    import digitlab
+    from digitlab.errors import RunDirError
+
+    bundled = Path(digitlab.__file__).parent / "pretrained" / "fast"
+    if bundled.is_dir():
+        return bundled
+    raise RunDirError("no run given and no bundled model: give a run directory first (see `digitlab train`)")
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "checkpoint").is_dir() or (path / "model.onnx").is_file())
+
+
+def _run_and_inputs(args: list[str]) -> tuple[Path, list[str]]:
+    """`[RUN] INPUT...`: the first argument is the run when it is a run directory; else the bundled model is."""
+    from digitlab.errors import RunDirError
+
+    first = Path(args[0])
+    if _is_run_dir(first):
+        return first, args[1:]
+    if first.is_dir():  # never an image: say what is wrong with it as a run
+        raise RunDirError(f"{args[0]}: not a run directory (no checkpoint/ or model.onnx in it)")
+    return default_run(), args
+
+
+def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
+    if fmt not in allowed:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(allowed)}", param_hint="--format")
+
+
+def _pct_or_dash(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2%}"
+
+
+@app.command()
+def predict(
+    args: list[str] = typer.Argument(..., metavar="[RUN] FILE...", help="Run directory, then image files."),
+    fmt: str = typer.Option("table", "--format", help="table, json (one list) or csv."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+) -> None:
+    """Predict the digit in each image: calibrated confidence, or 'empty', 'not a digit', or an error.
+
+    Every file gets an answer; exit code 1 when any of them could not be read.
+    """
+    import csv
+    import json
+
+    from rich.table import Table
+
+    from digitlab.predict import Predictor
+
+    _check_format(fmt, PREDICT_FORMATS)
+    run, files = _run_and_inputs(args)
+    if not files:
+        raise typer.BadParameter("give at least one image FILE after the run directory", param_hint="FILE...")
+    predictor = Predictor.from_run(run, backend=backend)
+    results = predictor.predict(files)
+    rows = [{"file": f, **r.to_dict()} for f, r in zip(files, results, strict=True)]
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["file", "digit", "confidence", "status", "message", *(f"p{d}" for d in range(10))])
+        for row in rows:
+            probs = [f"{p:.6g}" for p in row["probabilities"]] or [""] * 10
+            digit = "" if row["digit"] is None else row["digit"]
+            writer.writerow([row["file"], digit, f"{row['confidence']:.6g}", row["status"], row["message"] or "",
+                             *probs])  # fmt: skip
+    else:
+        info = predictor.info
+        table = Table(caption=f"run {info['run']} ({info['preset']}), {backend}, temperature "
+                      f"{info['temperature']:.3g}", caption_justify="left")  # fmt: skip
+        for col, justify in (("file", "left"), ("digit", "right"), ("confidence", "right"), ("status", "left"),
+                             ("note", "left")):  # fmt: skip
+            table.add_column(col, justify=justify, overflow="fold")
+        style = {"ok": "green", "empty": "yellow", "not_a_digit": "yellow", "error": "red"}
+        for row in rows:
+            note = row["message"] or ""
+            if row["status"] == "ok":
+                ranked = sorted(range(10), key=lambda d: -row["probabilities"][d])[1:3]
+                note = "then " + ", ".join(f"{d} ({row['probabilities'][d]:.1%})" for d in ranked)
+            table.add_row(row["file"], "—" if row["digit"] is None else str(row["digit"]),
+                          f"{row['confidence']:.1%}" if row["digit"] is not None else "—",
+                          f"[{style[row['status']]}]{row['status']}[/]", note)  # fmt: skip
+        console.print(table)
+    errors = sum(r.status == "error" for r in results)
+    if errors:
+        err_console.print(f"[bold red]error:[/] {errors} of {len(results)} file(s) could not be read",
+                          highlight=False)  # fmt: skip
+        raise typer.Exit(1)
+
+
+@app.command()
+def read(
+    args: list[str] = typer.Argument(..., metavar="[RUN] IMAGE", help="Run directory, then one image."),
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+) -> None:
+    """Read a number written on one line: the digits left to right, each with its confidence and box."""
+    import json
+
+    from rich.table import Table
+
+    from digitlab.predict import Predictor
+
+    _check_format(fmt, ("table", "json"))
+    run, images = _run_and_inputs(args)
+    if len(images) != 1:
+        raise typer.BadParameter(f"give exactly one IMAGE, not {len(images)}", param_hint="IMAGE")
+    result = Predictor.from_run(run, backend=backend).read(images[0])
+    if fmt == "json":
+        sys.stdout.write(json.dumps({"file": images[0], **result.to_dict()}) + "\n")
+    else:
+        colour = {"ok": "green", "empty": "yellow", "error": "red"}[result.status]
+        console.print(f"[bold {colour}]{result.text or '—'}[/]  ({result.message or result.status})",
+                      highlight=False)  # fmt: skip
+        if result.digits:
+            table = Table()
+            for col in ("#", "digit", "confidence", "box (x0, y0, x1, y1)", "status"):
+                table.add_column(col, justify="left" if col.startswith(("box", "status")) else "right")
+            for k, d in enumerate(result.digits, 1):
+                table.add_row(str(k), d.char if d.status != "empty" else "—",
+                              f"{d.confidence:.1%}" if d.digit is not None else "—",
+                              ", ".join(map(str, d.box)), d.status)  # fmt: skip
+            console.print(table)
+    if result.status == "error":
+        err_console.print(f"[bold red]error:[/] {result.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def calibrate(
+    run: Path = typer.Argument(..., help="Run directory written by `digitlab train`."),  # noqa: B008
+) -> None:
+    """Fit the temperature and the 'not a digit' threshold on the validation split, then re-evaluate."""
+    from rich.table import Table
+
+    from digitlab.calibrate import calibrate_run
+
+    with console.status("calibrating…") as status:
+        result = calibrate_run(run, progress=lambda msg: status.update(f"{msg}…"))
+    cal, before, after, ood = result["calibration"], result["test_before"], result["test_after"], result["ood"]
+    table = Table(title=f"calibration of {run}")
+    for col in ("", "before", "after"):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row("temperature", "1", f"{cal['temperature']:.4g}")
+    table.add_row("validation NLL", f"{cal['nll_before']:.4f}", f"{cal['nll_after']:.4f}")
+    table.add_row("validation ECE", f"{cal['ece_before']:.2%}", f"{cal['ece_after']:.2%}")
+    if before and before.get("temperature") != after["temperature"]:
+        label = f" (T={before.get('temperature', 1):.3g})"
+        table.add_row("test NLL" + label, f"{before['nll']:.4f}", f"{after['nll']:.4f}")
+        table.add_row("test ECE" + label, f"{before['ece']:.2%}", f"{after['ece']:.2%}")
+    else:
+        table.add_row("test NLL", "", f"{after['nll']:.4f}")
+        table.add_row("test ECE", "", f"{after['ece']:.2%}")
+    console.print(table)
+    console.print(f"fitted on the {cal['fitted_on']}", highlight=False, soft_wrap=True)
+    rule = cal["ood"]
+    console.print(
+        f"not a digit: {rule['score']} < {rule['threshold']:.4g} or bright-ink share > {rule['ink_max']:.3f}; "
+        f"keeps {rule['tpr_in']:.2%} of validation digits; rejects "
+        + ", ".join(f"{k} {v:.1%}" for k, v in rule["rejected"].items()) + " (fitting sets)",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    if ood:
+        console.print("test-set AUROC (MNIST test vs): " + ", ".join(f"{k} {v:.4f}" for k, v in ood["auroc"].items())
+                      + f"; MNIST test digits rejected {ood['rejected']['mnist_test']:.2%}", highlight=False,
+                      soft_wrap=True)  # fmt: skip
+    console.print(f"written: {Path(run) / 'calibration.json'}, metrics.json, report.md", highlight=False)
+
+
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="Run directory written by `digitlab train`."),  # noqa: B008
+    fmt: str = typer.Option("onnx", "--format", help="onnx (the only format for now)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx (static int8 quantisation)."),
+) -> None:
+    """Export a run for the edge: RUN/model.onnx (fp32, dynamic batch), checked against PyTorch."""
+    from digitlab.export import export_onnx
+
+    _check_format(fmt, ("onnx",))
+    with console.status("exporting…") as status:
+        entry = export_onnx(run, int8=int8, progress=lambda msg: status.update(f"{msg}…"))
+    console.print(f"[bold green]ok[/] {Path(run) / 'model.onnx'}: {entry['onnx_bytes']:,} bytes; max |Δp| vs "
+                  f"PyTorch {entry['onnx_max_abs_diff']:.2e} on {entry['parity_n']} test images", highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    if int8:
+        delta = 100 * (entry["int8_test_accuracy"] - entry["torch_test_accuracy"])
+        console.print(f"[bold green]ok[/] {Path(run) / 'model.int8.onnx'}: {entry['onnx_int8_bytes']:,} bytes; test "
+                      f"accuracy {entry['int8_test_accuracy']:.2%} vs PyTorch {entry['torch_test_accuracy']:.2%} "
+                      f"({delta:+.2f} pp, {entry['test_n']:,} images)", highlight=False, soft_wrap=True)  # fmt: skip
+
+
 if __name__ == "__main__":
     main()

@@ -404,6 +404,10 @@ def finish_run(rd: RunDir, config: TrainConfig, model: nn.Module, val_split: Spl
         "threads": torch.get_num_threads(),
     }
     rd.write_json(rd.metrics, metrics)
+    if len(val_split):  # temperature and "not a digit" threshold, fitted on these validation logits
+        from digitlab.calibrate import calibrate_split
+
+        calibrate_split(rd, best, val_split, logits.numpy(), config, device)
     if evaluate_test:
         from digitlab.evaluate import evaluate_run
 

@@ -1,0 +1,337 @@
+"""One predictor for CLI, API and demo: images in, calibrated digits (or 'empty' / 'not a digit') out.
+
+    p = Predictor.from_run("runs/fast")                 # or backend="onnx" / "onnx-int8" after `digitlab export`
+    p.predict(["a.png", png_bytes, pil_image])          # -> [Prediction, ...], one per input, never raises
+    p.read("number.jpg").text                           # a number written on one line -> "2024"
+
+Every input goes through `digitlab.preprocess` (the same MNIST framing for every caller), then one batched
+forward pass (with the run's test-time augmentation), the run's temperature (calibration.json), and its
+"not a digit" rule. A bad input gives a Prediction with status "error" and a one-line message, not an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitlab.calibrate import OodRule, ink_fraction, logit_score, read_calibration
+from digitlab.errors import ConfigError, DigitlabError, RunDirError
+from digitlab.evaluate import TTA_SHIFTS, softmax
+from digitlab.preprocess import Box, ImageSource, Preprocessed, preprocess, segment_digits
+from digitlab.rundir import RunDir
+
+__all__ = ["BACKENDS", "Prediction", "Predictor", "ReadDigit", "ReadResult", "tta_logits"]
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One input's answer. `digit` is None unless status is "ok"; `confidence` is the probability of `digit`
+    (0.0 when there is none); `probabilities` are the 10 calibrated class probabilities whenever the model ran
+    (status "ok" or "not_a_digit"), else empty; `input` is the 28x28 uint8 image the model saw (or would have)."""
+
+    digit: int | None
+    probabilities: list[float]
+    confidence: float
+    status: str  # "ok" | "empty" | "not_a_digit" | "error"
+    message: str | None = None
+    input: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self, include_input: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {"digit": self.digit, "confidence": self.confidence, "status": self.status,
+                             "message": self.message, "probabilities": self.probabilities}  # fmt: skip
+        if include_input:
+            d["input"] = None if self.input is None else self.input.tolist()
+        return d
+
+
+@dataclass(frozen=True)
+class ReadDigit:
+    """One segment of a multi-digit image: its box (x0, y0, x1, y1) in source pixels and its prediction."""
+
+    box: Box
+    prediction: Prediction
+
+    @property
+    def digit(self) -> int | None:
+        return self.prediction.digit
+
+    @property
+    def confidence(self) -> float:
+        return self.prediction.confidence
+
+    @property
+    def status(self) -> str:
+        return self.prediction.status
+
+    @property
+    def char(self) -> str:
+        """The digit, or "?" for a segment the model would not read as one."""
+        return str(self.digit) if self.digit is not None else "?"
+
+    def to_dict(self, include_input: bool = False) -> dict[str, Any]:
+        return {"box": list(self.box), **self.prediction.to_dict(include_input)}
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """A number read left to right: `text` has one character per segment ("?" where it is not a digit;
+    marks judged empty are left out); status "empty" when no ink was found, "error" when unreadable."""
+
+    text: str
+    digits: list[ReadDigit]
+    status: str  # "ok" | "empty" | "error"
+    message: str | None = None
+
+    def to_dict(self, include_input: bool = False) -> dict[str, Any]:
+        return {"text": self.text, "status": self.status, "message": self.message,
+                "digits": [d.to_dict(include_input) for d in self.digits]}  # fmt: skip
+
+
+def _shift(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Shift images (..., H, W) by whole pixels, filling with black: `augment.shift_batch` in NumPy."""
+    if dx == 0 and dy == 0:
+        return x
+    out = np.zeros_like(x)
+    h, w = x.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def tta_logits(
+    forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, tta: bool, batch_size: int = BATCH_SIZE
+) -> np.ndarray:
+    """Logits (N, 10) of uint8 (N, 28, 28) images through `forward` (float32 (B, 1, 28, 28) in [0, 1] ->
+    logits), averaged over `evaluate.TTA_SHIFTS` with `tta`, as `evaluate.predict_logits` does for torch."""
+    images = np.asarray(images, dtype=np.uint8)
+    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].astype(np.float32)[:, None] / np.float32(255)
+        batch = np.concatenate([_shift(x, dx, dy) for dx, dy in shifts])  # one call for all shifts
+        logits = np.asarray(forward(batch), dtype=np.float32)
+        out.append(logits.reshape(len(shifts), len(x), -1).mean(0))
+    return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+
+
+def _read_json_lenient(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_batch(images: Any) -> bool:
+    if isinstance(images, (list, tuple)):
+        return True
+    # (N, 28, 28) or (N, H, W, C) arrays are batches; (H, W), (H, W, 1|3|4) arrays are one image.
+    return isinstance(images, np.ndarray) and (images.ndim == 4 or (images.ndim == 3 and images.shape[2] > 4))
+
+
+class Predictor:
+    """A run's model, temperature and OOD rule behind one thread-safe `predict`. Build it with `from_run`."""
+
+    def __init__(
+        self,
+        forward: Callable[[np.ndarray], np.ndarray],
+        *,
+        backend: str,
+        tta: bool = False,
+        temperature: float = 1.0,
+        ood: OodRule | None = None,
+        info: dict[str, Any] | None = None,
+        thin: bool = False,
+    ) -> None:
+        """`forward` maps uint8 (N, 28, 28) MNIST-format images to logits (N, 10), TTA included."""
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise RunDirError(f"temperature must be a positive number, not {temperature}")
+        self._forward = forward
+        self.backend = backend
+        self.tta = tta
+        self.temperature = float(temperature)
+        self.ood = ood
+        self.thin = thin
+        self._info = {**(info or {}), "backend": backend, "temperature": self.temperature, "tta": tta,
+                      "ood": None if ood is None else ood.to_dict()}  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------- building
+
+    @classmethod
+    def from_run(
+        cls, path: str | Path, backend: str = "torch", device: str = "cpu", threads: int | None = None
+    ) -> Predictor:
+        """Load RUN's model (checkpoint/best.pt, or model.onnx / model.int8.onnx), calibration.json (temperature
+        and OOD rule; T=1 and no OOD rule without it) and metrics.json (for `info`).
+
+        `threads`: intra-op threads (ONNX Runtime: this session only; torch: the process-wide setting).
+        """
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        rd = RunDir(Path(path))
+        if not rd.root.is_dir():
+            raise RunDirError(f"no run directory at {rd.root}")
+        config = rd.read_config() if rd.config.exists() else None
+        tta = bool(config.tta) if config is not None else False
+        if backend == "torch":
+            forward, device_name = _torch_forward(rd, device, threads, tta)
+        else:
+            forward, device_name = _onnx_forward(rd, ONNX_FILES[backend], threads, tta)
+        cal = read_calibration(rd)
+        temperature = float(cal.get("temperature", 1.0))
+        ood = OodRule.from_dict(cal["ood"]) if isinstance(cal.get("ood"), dict) and "threshold" in cal["ood"] else None
+        metrics = _read_json_lenient(rd.metrics)
+        info = {
+            "run": rd.root.resolve().name,
+            "path": str(rd.root),
+            "preset": metrics.get("preset") or (config.preset if config else None),
+            "model": metrics.get("model") or (config.model if config else None),
+            "params": metrics.get("params"),
+            "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
+            "device": device_name,
+        }
+        return cls(forward, backend=backend, tta=tta, temperature=temperature, ood=ood, info=info)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What an API's /v1/model shows: run id, preset, params, test accuracy, temperature, backend, OOD rule."""
+        return dict(self._info)
+
+    # ------------------------------------------------------------------------------------------- predicting
+
+    def logits_array(self, images: np.ndarray) -> np.ndarray:
+        """Raw logits (N, 10) for uint8 (N, 28, 28) MNIST-format images (no preprocessing)."""
+        images = np.asarray(images)
+        if images.ndim == 2:
+            images = images[None]
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 (N, 28, 28) images, got {images.dtype} {images.shape}")
+        if len(images) == 0:
+            return np.zeros((0, 10), np.float32)
+        return self._forward(images)
+
+    def predict_array(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, 10) for uint8 (N, 28, 28) images already in MNIST format (batch
+        evaluation: no preprocessing, no OOD rule)."""
+        return softmax(self.logits_array(images), self.temperature)
+
+    def predict(self, images: ImageSource | Sequence[ImageSource]) -> list[Prediction]:
+        """Predict one image or many (a list, or an (N, H, W) array); always returns a list, one per input."""
+        sources = list(images) if _is_batch(images) else [images]
+        results: list[Prediction | None] = [None] * len(sources)
+        prepared: list[tuple[int, Preprocessed]] = []
+        for i, src in enumerate(sources):
+            try:
+                prep = preprocess(src, thin=self.thin)
+            except DigitlabError as e:
+                results[i] = Prediction(None, [], 0.0, "error", str(e))
+                continue
+            if prep.status != "ok":
+                reason = prep.stats.reason or "no digit found"
+                results[i] = Prediction(None, [], 0.0, "empty", reason, prep.image)
+            else:
+                prepared.append((i, prep))
+        for (i, _), pred in zip(prepared, self._classify([p.image for _, p in prepared]), strict=True):
+            results[i] = pred
+        return [r for r in results if r is not None]
+
+    def _classify(self, images: list[np.ndarray]) -> list[Prediction]:
+        if not images:
+            return []
+        batch = np.stack(images)
+        logits = self.logits_array(batch)
+        probs = softmax(logits, self.temperature)
+        rule = self.ood
+        accepted = np.ones(len(batch), bool) if rule is None else rule.accepts(logits, batch)
+        out = []
+        for k, image in enumerate(images):
+            p = [float(v) for v in probs[k]]
+            if accepted[k]:
+                d = int(probs[k].argmax())
+                out.append(Prediction(d, p, p[d], "ok", None, image))
+                continue
+            assert rule is not None
+            if rule.ink_max is not None and ink_fraction(image)[0] > rule.ink_max:
+                why = "more bright ink than any digit has (a picture, a filled shape or noise?)"
+            else:
+                score = float(logit_score(logits[k : k + 1], rule.score, rule.temperature)[0])
+                why = f"{rule.score} score {score:.3g} is below the threshold {rule.threshold:.3g}"
+            out.append(Prediction(None, p, 0.0, "not_a_digit", f"not a digit: {why}", image))
+        return out
+
+    def read(self, image: ImageSource) -> ReadResult:
+        """Read a number written on one line: segment it into digits, left to right, and predict each."""
+        try:
+            parts = segment_digits(image, thin=self.thin)
+        except DigitlabError as e:
+            return ReadResult("", [], "error", str(e))
+        if not parts:
+            return ReadResult("", [], "empty", "no ink found")
+        preds: list[Prediction | None] = [None] * len(parts)
+        ok = [k for k, (_, prep) in enumerate(parts) if prep.status == "ok"]
+        for k, (_, prep) in enumerate(parts):
+            if prep.status != "ok":
+                preds[k] = Prediction(None, [], 0.0, "empty", prep.stats.reason or "not a digit-sized mark", prep.image)
+        for k, pred in zip(ok, self._classify([parts[k][1].image for k in ok]), strict=True):
+            preds[k] = pred
+        digits = [ReadDigit(tuple(int(v) for v in box), p) for (box, _), p in zip(parts, preds, strict=True) if p]
+        text = "".join(d.char for d in digits if d.status != "empty")
+        return ReadResult(text, digits, "ok" if text else "empty", None if text else "no digit-sized marks")
+
+
+# --------------------------------------------------------------------------------------------- backends
+
+
+def _torch_forward(rd: RunDir, device: str, threads: int | None, tta: bool) -> tuple[Callable, str]:
+    import torch
+
+    from digitlab.evaluate import _pick_device, predict_logits
+    from digitlab.rundir import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = _pick_device(device)
+    model = load_model(rd, device=dev)
+    lock = threading.Lock()  # one forward at a time: a module is not re-entrant across threads in eval mode
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        with lock:
+            return predict_logits(model, images, batch_size=BATCH_SIZE, tta=tta, device=dev)
+
+    return forward, str(dev)
+
+
+def _onnx_forward(rd: RunDir, name: str, threads: int | None, tta: bool) -> tuple[Callable, str]:
+    path = rd.root / name
+    if not path.is_file():
+        flag = " --int8" if "int8" in name else ""
+        raise RunDirError(f"no {name} in {rd.root} — run `digitlab export {rd.root} --format onnx{flag}` first")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # a corrupt or truncated file
+        raise RunDirError(f"cannot load {path}: {' '.join(str(e).split())}") from None
+    input_name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:  # InferenceSession.run is thread-safe
+        return session.run(None, {input_name: x})[0]
+
+    return (lambda images: tta_logits(run, images, tta)), "cpu (onnxruntime)"
