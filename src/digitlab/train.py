@@ -289,7 +289,8 @@ def _train(
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if "scaler" in ckpt:  # absent in checkpoints written before AMP support
+            scaler.load_state_dict(ckpt["scaler"])
         state.load(ckpt["state"])
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
