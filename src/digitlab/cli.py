@@ -92,9 +92,11 @@ def train(
     device: str = typer.Option(None, help="auto, cpu, cuda or mps."),
     threads: int = typer.Option(None, help="CPU threads for torch."),
     padding: str = typer.Option(None, help="seed model only: 'valid' (Keras default) or 'same'."),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="torchrun: synchronise BatchNorm across ranks."),
 ) -> None:
     """Train a model into a run directory, then evaluate it on the official test set."""
     from digitlab.config import get_preset
+    from digitlab.distributed import current_rank
     from digitlab.train import Interrupted
     from digitlab.train import train as run_training
 
@@ -106,19 +108,23 @@ def train(
         config = config.override(
             data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
             limit=limit, test_limit=test_limit, device=device, threads=threads, model_args=model_args,
+            sync_bn=sync_bn,
         )  # fmt: skip
         out = out or Path("runs") / f"{config.preset}-{config.seed}"
-        console.print(f"[bold]training[/] preset={config.preset} model={config.model} seed={config.seed} → {out}")
+        if current_rank() == 0:
+            console.print(f"[bold]training[/] preset={config.preset} model={config.model} seed={config.seed} → {out}")
     reporter = RichReporter()
     try:
         result = run_training(config, out, resume=resume is not None, reporter=reporter)
     except Interrupted:
         reporter.close()
-        err_console.print(f"interrupted: checkpoint saved; continue with `digitlab train --resume {out}`")
+        if current_rank() == 0:
+            err_console.print(f"interrupted: checkpoint saved; continue with `digitlab train --resume {out}`")
         raise typer.Exit(130) from None
     finally:
         reporter.close()
-    _print_summary(result.metrics, out)
+    if current_rank() == 0:
+        _print_summary(result.metrics, out)
 
 
 def _print_summary(m: dict, out: Path) -> None:
@@ -139,6 +145,9 @@ def evaluate(
     data: str | None = typer.Option(
         None, "--data", help="Evaluate on another dataset (name or path); results go to RUN/eval/<name>/."
     ),
+    realworld: bool = typer.Option(
+        False, "--realworld", help="Also score the non-MNIST sets in data/realworld/ (canvas, photo, fonts)."
+    ),
 ) -> None:
     """Evaluate a run's best checkpoint on the official test set: metrics.json, report.md and plots."""
     from digitlab.evaluate import evaluate_run
@@ -154,6 +163,26 @@ def evaluate(
     )
     console.print(f"NLL {test['nll']:.4f}  ECE {test['ece']:.2%}  temperature {test['temperature']:g}")
     console.print(f"report: {Path(run) / test['report']}", highlight=False, soft_wrap=True)
+    if realworld:
+        _evaluate_realworld(run, test)
+
+
+def _evaluate_realworld(run: Path, test: dict) -> None:
+    """Score the real-world sets (written into RUN/metrics.json and RUN/report.md) and print them as a table."""
+    from rich.table import Table
+
+    from digitlab.realworld import evaluate_realworld
+
+    with console.status("real-world sets…") as status:
+        results = evaluate_realworld(run, progress=lambda msg: status.update(f"{msg}…"))
+    table = Table(title="accuracy on real-world input", caption="naive resize: the whole picture squashed to 28x28")
+    for col in ("set", "n", "digitlab preprocessing", "naive resize", "empty"):
+        table.add_column(col, justify="left" if col == "set" else "right")
+    table.add_row(f"{test['dataset']} test", f"{test['n']:,}", f"{test['accuracy']:.2%}", "—", "—")
+    for name, r in results.items():
+        table.add_row(name, f"{r['n']:,}", f"[bold]{r['accuracy']:.2%}[/]", f"{r['naive_accuracy']:.2%}",
+                      f"{r['empty']:,}")  # fmt: skip
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -381,13 +410,28 @@ def _pct_or_dash(x: float | None) -> str:
 
 @app.command()
 def predict(
-    args: list[str] = typer.Argument(..., metavar="[RUN] FILE...", help="Run directory, then image files."),
+    args: list[str] = typer.Argument(
+        ..., metavar="[RUN] INPUT...", help="Run directory, then image files or folders (or a Kaggle test.csv)."
+    ),
     fmt: str = typer.Option("table", "--format", help="table, json (one list) or csv."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    out: Path | None = typer.Option(
+        None, "--out", help="Batch mode: one row per file into this .csv, .jsonl or .parquet, flushed per batch."
+    ),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include the images in subfolders of folders."),
+    resume: bool = typer.Option(False, "--resume", help="Continue --out: skip the files already in it."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per model batch and per flush."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Decoding processes (default: one per CPU; 0: none, decode in-process)."
+    ),
+    kaggle: Path | None = typer.Option(
+        None, "--kaggle-submission", help="Read INPUT as Kaggle's test.csv; write the ImageId,Label file here."
+    ),
 ) -> None:
     """Predict the digit in each image: calibrated confidence, or 'empty', 'not a digit', or an error.
 
-    Every file gets an answer; exit code 1 when any of them could not be read.
+    Every file gets an answer; exit code 1 when any of them could not be read. With folders, --out or
+    --kaggle-submission: a streaming batch job with a progress bar (see `digitlab.batch`).
     """
     import csv
     import json
@@ -400,6 +444,11 @@ def predict(
     run, files = _run_and_inputs(args)
     if not files:
         raise typer.BadParameter("give at least one image FILE after the run directory", param_hint="FILE...")
+    if out is not None or kaggle is not None or resume or any(Path(f).is_dir() for f in files):
+        if fmt != "table":
+            raise typer.BadParameter("not with --out (its suffix sets the format) or folders", param_hint="--format")
+        _predict_batch(run, files, backend, out, recursive, resume, batch_size, workers, kaggle)
+        return
     predictor = Predictor.from_run(run, backend=backend)
     results = predictor.predict(files)
     rows = [{"file": f, **r.to_dict()} for f, r in zip(files, results, strict=True)]
@@ -434,6 +483,53 @@ def predict(
     if errors:
         err_console.print(f"[bold red]error:[/] {errors} of {len(results)} file(s) could not be read",
                           highlight=False)  # fmt: skip
+        raise typer.Exit(1)
+
+
+def _predict_batch(run: Path, inputs: list[str], backend: str, out: Path | None, recursive: bool, resume: bool,
+                   batch_size: int, workers: int | None, kaggle: Path | None) -> None:  # fmt: skip
+    """`predict` over folders / into --out / into a Kaggle submission, with a Rich progress bar (images/s)."""
+    from rich import progress as rp
+    from rich.text import Text
+
+    from digitlab.batch import check_out, kaggle_submission, predict_files
+    from digitlab.predict import Predictor
+
+    class Rate(rp.ProgressColumn):
+        def render(self, task: rp.Task) -> Text:
+            return Text(f"{task.speed:,.0f} images/s" if task.speed else "… images/s")
+
+    if kaggle is not None and (out is not None or resume or len(inputs) != 1 or Path(inputs[0]).is_dir()):
+        raise typer.BadParameter("takes one Kaggle CSV INPUT and no --out/--resume", param_hint="--kaggle-submission")
+    if out is None and kaggle is None:
+        raise typer.BadParameter("folders and --resume need --out (a .csv, .jsonl or .parquet)", param_hint="--out")
+    if out is not None:
+        check_out(out, resume)  # before loading the model: a wrong suffix or a missing pyarrow fails at once
+    predictor = Predictor.from_run(run, backend=backend, threads=1 if workers != 0 else None)
+    progress = rp.Progress(rp.TextColumn("[bold]predicting"), rp.BarColumn(), rp.MofNCompleteColumn(), Rate(),
+                           rp.TimeElapsedColumn(), rp.TextColumn("ETA"), rp.TimeRemainingColumn(),
+                           console=err_console, transient=True)  # fmt: skip
+    task = progress.add_task("predict", total=None)
+    update = lambda done, total: progress.update(task, completed=done, total=total)  # noqa: E731
+    target = kaggle or out
+    try:
+        with progress:
+            if kaggle is not None:
+                n = kaggle_submission(predictor, inputs[0], kaggle, progress=update)
+                console.print(f"[bold green]ok[/] {n:,} rows → {kaggle} (ImageId,Label)", highlight=False)
+                return
+            s = predict_files(predictor, inputs, out, recursive=recursive, resume=resume, batch_size=batch_size,
+                              workers=workers, progress=update)  # fmt: skip
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: finished batches are in {target}; continue with --resume", highlight=False)
+        raise typer.Exit(130) from None
+    counts = ", ".join(f"{k} {v:,}" for k, v in sorted(s.counts.items())) or "nothing new"
+    skipped = f"; {s.skipped:,} already there" if s.skipped else ""
+    console.print(f"[bold green]done[/] {s.written:,} rows → {s.out} ({counts}{skipped}) in {s.seconds:.1f} s, "
+                  f"{s.images_per_second:,.0f} images/s", highlight=False, soft_wrap=True)  # fmt: skip
+    if s.counts.get("error"):
+        err_console.print(f"[bold red]error:[/] {s.counts['error']:,} of {s.written:,} file(s) could not be read "
+                          f"(status 'error' rows in {s.out})", highlight=False, soft_wrap=True)  # fmt: skip
         raise typer.Exit(1)
 
 
@@ -536,6 +632,122 @@ def export_command(
         console.print(f"[bold green]ok[/] {Path(run) / 'model.int8.onnx'}: {entry['onnx_int8_bytes']:,} bytes; test "
                       f"accuracy {entry['int8_test_accuracy']:.2%} vs PyTorch {entry['torch_test_accuracy']:.2%} "
                       f"({delta:+.2f} pp, {entry['test_n']:,} images)", highlight=False, soft_wrap=True)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- app
+
+
+@app.command("app")
+def app_command(
+    run: Path = typer.Argument(None, help="Run directory (default: the bundled model)."),  # noqa: B008
+    port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to serve on."),
+    address: str = typer.Option("localhost", "--address", help="Address to listen on (0.0.0.0: other devices too)."),
+) -> None:
+    """Start the web app: draw or upload a digit, see the answer, its probabilities and why (Streamlit)."""
+    import os
+    import socket
+
+    from digitlab.errors import DigitlabError
+    from digitlab.rundir import RunDir, load_model
+
+    run = default_run() if run is None else run
+    try:  # a missing, incomplete or corrupt run fails here, in one line (torch's load errors span several)
+        load_model(RunDir(run).require())
+    except DigitlabError as e:
+        text = " ".join(str(e).split())
+        raise type(e)(text if len(text) <= 300 else text[:299] + "…") from None
+    with socket.socket() as s:
+        try:
+            s.bind((address, port))
+        except OSError as e:
+            reason = e.strerror or e
+            raise DigitlabError(f"cannot listen on {address}:{port} ({reason}) — pick another --port") from None
+    script = Path(__file__).with_name("app.py")
+    args = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port), "--server.address",
+            address, "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType",
+            "none", "--server.runOnSave", "false", "--client.showErrorDetails", "none", "--client.toolbarMode",
+            "minimal", "--global.developmentMode", "false"]  # fmt: skip
+    console.print(f"[bold]digitlab app[/] {run} → http://{address}:{port}  (Ctrl+C to stop)", highlight=False)
+    sys.stdout.flush()
+    os.execve(sys.executable, args, {**os.environ, "DIGITLAB_APP_RUN": str(run.resolve())})
+
+
+# ---------------------------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    run: Path | None = typer.Argument(None, help="Run directory to serve (default: the bundled model)."),  # noqa: B008
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: all)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes, each loading the model once."),
+    backend: str | None = typer.Option(
+        None, "--backend", help="onnx, onnx-int8 or torch (default: onnx when RUN has model.onnx, else torch)."
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="DIGITLAB_API_KEY", help="Require this key (X-API-Key or Bearer) on /v1 routes."
+    ),
+    cors_origin: list[str] | None = typer.Option(  # noqa: B008
+        None, "--cors-origin", help="Allow this browser origin (repeatable; '*' for any)."
+    ),
+    max_body_mb: float = typer.Option(10.0, "--max-body-mb", min=0.001, help="Largest request body, in MiB."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, max=1024, help="Most files per /v1/predict/batch."),
+    pixel_limit: int | None = typer.Option(None, "--pixel-limit", min=1, help="Most pixels per image."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads per model call."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Predictions at once per worker."),
+    graceful_timeout: float = typer.Option(
+        30.0, "--graceful-timeout", min=0, help="Seconds to finish in-flight requests after SIGTERM."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Serve RUN as a REST API (FastAPI + uvicorn): /v1/predict, /v1/predict/batch, /v1/read, /v1/model, /docs.
+
+    Logs are JSON lines on stderr; SIGTERM finishes in-flight requests and exits 0.
+    """
+    import os
+    import signal
+    import socket
+    import tempfile
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from digitlab.api import SETTINGS_ENV, ApiSettings, log_config
+    from digitlab.errors import ConfigError
+
+    _check_format(log_level, ("debug", "info", "warning", "error"))
+    fields = {"run": (default_run() if run is None else run).resolve(), "backend": backend, "api_key": api_key,
+              "cors_origins": tuple(cors_origin or ()), "max_body_bytes": max(1, round(max_body_mb * 1024 * 1024)),
+              "max_batch": max_batch, "threads": threads, "concurrency": concurrency}  # fmt: skip
+    if pixel_limit is not None:
+        fields["pixel_limit"] = pixel_limit
+    try:
+        settings = ApiSettings(**fields)
+    except ValidationError as e:
+        raise ConfigError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+    settings.check()  # a missing run or model file fails here, in one line, not in every worker
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise DigitlabError(f"cannot listen on {host}:{port} ({e.strerror or e}) — pick another --port") from None
+    os.environ[SETTINGS_ENV] = settings.to_env()  # each worker's app_from_env() reads it
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics sums over the workers
+        metrics_dir = tempfile.TemporaryDirectory(prefix="digitlab-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
+    # uvicorn re-raises SIGTERM once its graceful shutdown is done; a requested stop exits 0, not by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    console.print(f"[bold]digitlab serve[/] {settings.run} ({settings.resolved_backend}, {workers} worker(s)) → "
+                  f"http://{host}:{port}  (docs: /docs)", highlight=False, soft_wrap=True)  # fmt: skip
+    sys.stdout.flush()
+    try:
+        uvicorn.run("digitlab.api:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_config=log_config(log_level), log_level=log_level, access_log=False, server_header=False,
+                    timeout_graceful_shutdown=graceful_timeout)  # fmt: skip
+    finally:
+        if metrics_dir is not None:
+            metrics_dir.cleanup()
 
 
 if __name__ == "__main__":
