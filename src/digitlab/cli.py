@@ -422,7 +422,7 @@ def predict(
     resume: bool = typer.Option(False, "--resume", help="Continue --out: skip the files already in it."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per model batch and per flush."),
     workers: int | None = typer.Option(
-        None, "--workers", min=0, help="Decoding processes (default: one per CPU; 0: none, decode in-process)."
+        None, "--workers", min=0, help="Decoding workers (default: one per CPU; 0: decode in the main thread)."
     ),
     kaggle: Path | None = typer.Option(
         None, "--kaggle-submission", help="Read INPUT as Kaggle's test.csv; write the ImageId,Label file here."
@@ -639,7 +639,7 @@ def export_command(
 
 @app.command("app")
 def app_command(
-    run: Path = typer.Argument(None, help="Run directory (default: the bundled model)."),  # noqa: B008
+    run: Path = typer.Argument(None, metavar="RUN", help="Run directory (default: the bundled model)."),  # noqa: B008
     port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to serve on."),
     address: str = typer.Option("localhost", "--address", help="Address to listen on (0.0.0.0: other devices too)."),
 ) -> None:
@@ -657,6 +657,7 @@ def app_command(
         text = " ".join(str(e).split())
         raise type(e)(text if len(text) <= 300 else text[:299] + "…") from None
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: ignore closed connections
         try:
             s.bind((address, port))
         except OSError as e:

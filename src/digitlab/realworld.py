@@ -10,24 +10,26 @@ the picture is simply squashed to 28x28. These sets measure that gap, on input m
   white-on-black / black-on-white RGB, a quarter each.
 - `photo_set`: MNIST test digits written in dark ink on paper and photographed: ballpoint-to-marker pen,
   uneven lighting (a gradient and a soft shadow), paper texture and sensor noise, slight defocus blur, a
-  warm tint, JPEG compression (quality 40-90); colour or greyscale JPEG bytes, 160-320 px a side.
+  warm tint, JPEG compression (quality 40-90); colour or greyscale JPEG bytes, 128-256 px a side.
 - `font_set`: the digits 0-9 rendered from handwriting-like and ordinary fonts packaged by Debian (see
   FONTS), random size, position and rotation on canvases of 64-280 px, exported like the canvas set.
 
-Everything is deterministic for a given seed (and library versions): image i of a set depends only on the
-seed and i, so a small `n` gives the first images of a large one. `scripts/make_realworld.py` writes the sets
-to `data/realworld/{canvas,photo,fonts}.npz` (committed, so evaluation never needs the fonts), and
-`evaluate_realworld` scores a run on them with digitlab's `preprocess` and with the `naive_resize` baseline.
+Everything is deterministic for a given seed (and library versions). In the canvas and photo sets image i
+depends only on the seed and i, so a small `n` gives the first images of a large one.
+`scripts/make_realworld.py` writes the sets to `data/realworld/{canvas,photo,fonts}.npz` (committed, so
+evaluation never needs the fonts), and `evaluate_realworld` scores a run on them with digitlab's `preprocess`
+and with the `naive_resize` baseline.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import lzma
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +63,11 @@ CANVAS_SIDE = 280
 CANVAS_MODES = ("rgba/black-ink", "rgba/white-ink", "rgb/white-on-black", "rgb/black-on-white")
 REPORT_HEADING = "## Real-world input"
 FORMAT_VERSION = 1
+RESTROKE_LEVEL = 0.4  # the shape whose centre line is re-drawn: the enlarged digit above this share of its peak
 
 # Fonts from Debian packages, as (package, file name under /usr/share/fonts/*/, style). Handwriting-like
-# fonts first; ordinary print fonts give breadth (serif 1s, open 4s, crossed 7s).
+# fonts first; ordinary print fonts give breadth (serif 1s, open 4s, crossed 7s). Left out: outline fonts
+# (hollow strokes: fonts-ecolier-court, fonts-femkeklaver), which nobody draws.
 FONTS: tuple[tuple[str, str, str], ...] = (
     ("fonts-breip", "breip/Breip.ttf", "handwriting"),
     ("fonts-bwht", "bwht/BecauseWeBuild-Regular.otf", "handwriting"),
@@ -80,8 +84,6 @@ FONTS: tuple[tuple[str, str, str], ...] = (
     ("fonts-dancingscript", "dancingscript/DancingScript-Bold.otf", "handwriting"),
     ("fonts-dkg-handwriting", "fifthhorseman/dkg.ttf", "handwriting"),
     ("fonts-dkg-handwriting", "fifthhorseman/dkgBd.ttf", "handwriting"),
-    ("fonts-ecolier-court", "ecolier-court/Ecolier-court.ttf", "handwriting"),
-    ("fonts-femkeklaver", "femkeklaver/femkeklaver.ttf", "handwriting"),
     ("fonts-havana", "havana/Havana-Regular.otf", "handwriting"),
     ("fonts-humor-sans", "humor-sans/Humor-Sans.ttf", "handwriting"),
     ("fonts-kaushanscript", "kaushanscript/KaushanScript-Regular.otf", "handwriting"),
@@ -98,7 +100,7 @@ FONTS: tuple[tuple[str, str, str], ...] = (
     ("fonts-yusei-magic", "yusei-magic/YuseiMagic-Regular.ttf", "handwriting"),
     ("fonts-dejavu-core", "dejavu/DejaVuSans.ttf", "print"),
     ("fonts-dejavu-core", "dejavu/DejaVuSans-Bold.ttf", "print"),
-    ("fonts-dejavu-core", "dejavu/DejaVuSans-Oblique.ttf", "print"),
+    ("fonts-dejavu-extra", "dejavu/DejaVuSans-Oblique.ttf", "print"),
     ("fonts-dejavu-core", "dejavu/DejaVuSansMono.ttf", "print"),
     ("fonts-dejavu-core", "dejavu/DejaVuSerif.ttf", "print"),
     ("fonts-dejavu-extra", "dejavu/DejaVuSans-ExtraLight.ttf", "print"),
@@ -136,14 +138,16 @@ class RealWorldSet:
 
     `images[i]` is a uint8 array (H, W) L, (H, W, 3) RGB or (H, W, 4) RGBA, or the bytes of a JPEG file;
     `kinds[i]` says which format variant it is (e.g. "rgba/black-ink", "jpeg/rgb"); `origins[i]` where the
-    digit came from ("mnist-test:1234", "font:breip/Breip.ttf").
+    digit came from ("mnist-test:1234", "font:breip/Breip.ttf"); `params` how it was drawn (for analysis:
+    "height" and "pen" in px, "angle" in degrees, ...).
     """
 
     name: str
-    images: list[Source]
+    images: Sequence[Source]
     labels: np.ndarray  # int64 (N,)
     kinds: np.ndarray  # str (N,)
     origins: np.ndarray  # str (N,)
+    params: dict[str, np.ndarray] = field(default_factory=dict)  # how each image was drawn, float (N,) each
 
     def __len__(self) -> int:
         return len(self.images)
@@ -151,7 +155,7 @@ class RealWorldSet:
     def subset(self, idx: Sequence[int] | np.ndarray | slice) -> RealWorldSet:
         ids = np.arange(len(self))[idx]
         return RealWorldSet(self.name, [self.images[i] for i in ids], self.labels[ids], self.kinds[ids],
-                            self.origins[ids])  # fmt: skip
+                            self.origins[ids], {k: v[ids] for k, v in self.params.items()})  # fmt: skip
 
 
 def _rng(seed: int, i: int) -> np.random.Generator:
@@ -181,29 +185,60 @@ def _crop(a: np.ndarray, level: float = 0.0, pad: int = 0) -> np.ndarray:
     return a[y0:y1, x0:x1]
 
 
+# Zhang-Suen: a pixel goes only if one of these neighbour triples (p2, p4, p6 ... as indices 0..7) has a 0.
+ZS_GUARDS = (((0, 2, 4), (2, 4, 6)), ((0, 2, 6), (0, 4, 6)))
+
+
+def _skeleton(mask: np.ndarray) -> np.ndarray:
+    """One-pixel-wide, connected centre lines of a binary shape (Zhang-Suen thinning, vectorised)."""
+    img = np.pad(mask, 1).astype(np.uint8)
+    while True:
+        changed = False
+        for step in (0, 1):
+            c = img[1:-1, 1:-1]
+            # neighbours p2..p9, clockwise from north
+            p = [img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:], img[2:, 2:],
+                 img[2:, 1:-1], img[2:, :-2], img[1:-1, :-2], img[:-2, :-2]]  # fmt: skip
+            b = sum(q.astype(np.int8) for q in p)
+            a = sum(((p[k] == 0) & (p[(k + 1) % 8] == 1)).astype(np.int8) for k in range(8))
+            first, second = ZS_GUARDS[step]
+            keep = (p[first[0]] & p[first[1]] & p[first[2]]) | (p[second[0]] & p[second[1]] & p[second[2]])
+            remove = (c == 1) & (b >= 2) & (b <= 6) & (a == 1) & (keep == 0)
+            if remove.any():
+                c[remove] = 0
+                changed = True
+        if not changed:
+            return img[1:-1, 1:-1].astype(bool)
+
+
 def _restroke(digit: np.ndarray, height: float, aspect: float, angle: float, pen: float) -> np.ndarray:
     """Ink coverage (float32 in [0, 1], cropped) of an MNIST digit re-drawn with a round pen `pen` px wide.
 
     The digit is enlarged to `height` px (its width times `aspect`) and rotated by `angle` degrees; its
-    centre line (the ridge of the distance transform of the enlarged shape) is then traced with the pen,
-    whose edge is anti-aliased over one pixel, as a browser canvas strokes a path.
+    centre line (the skeleton of the enlarged shape) is then traced with the pen, whose edge is anti-aliased
+    over one pixel, as a browser canvas strokes a path. Where the digit is much thicker than its typical
+    stroke (loops filled in, blots), the shape grown or shrunk by the difference between pen and typical
+    stroke is kept as well: a small loop must not become a line, or a 9 would turn into a 1.
     """
+    from digitlab.preprocess import stroke_width
+
     g = _crop(digit.astype(np.float32) / 255, 0.1)
-    h, w = g.shape
-    k = height / h
+    k = height / g.shape[0]
     pad = np.pad(g, 2)
     big = _resize(pad, (max(1, round(pad.shape[1] * k * aspect)), max(1, round(pad.shape[0] * k))),
                   Image.Resampling.BICUBIC)  # fmt: skip
     big = np.asarray(Image.fromarray(big).rotate(angle, Image.Resampling.BICUBIC, expand=True), np.float32)
-    mask = big > 0.5 * float(big.max())
-    depth = ndi.distance_transform_edt(mask)
-    ridge = mask & (depth >= ndi.maximum_filter(depth, size=3))
-    r = pen / 2
-    margin = int(np.ceil(r)) + 2
-    ridge = np.pad(ridge, margin)
-    dist = ndi.distance_transform_edt(~ridge)
-    cov = np.clip(r + 0.5 - dist, 0, 1).astype(np.float32)
-    return _crop(cov)
+    big = ndi.gaussian_filter(big, k / 3)  # rounder outlines: fewer spurs on the centre line
+    margin = int(np.ceil(pen / 2)) + 2
+    mask = np.pad(big > RESTROKE_LEVEL * float(big.max()), margin)
+    skeleton = _skeleton(mask)
+    pen_cov = np.clip(pen / 2 + 0.5 - ndi.distance_transform_edt(~skeleton), 0, 1)
+    inside = ndi.distance_transform_edt(mask) - ndi.distance_transform_edt(~mask)  # signed: > 0 inside
+    grow = (pen - stroke_width(mask.astype(np.float32))) / 2
+    shape_cov = np.clip(inside + grow + 0.5, 0, 1)
+    # Distances on a pixel grid take few distinct values near the edge; a slight blur gives the smooth
+    # coverage ramp of a canvas's anti-aliasing.
+    return _crop(ndi.gaussian_filter(np.maximum(pen_cov, shape_cov).astype(np.float32), 0.5))
 
 
 def _place(cov: np.ndarray, size: tuple[int, int], rng: np.random.Generator, margin: int = 3) -> np.ndarray:
@@ -223,7 +258,10 @@ def _place(cov: np.ndarray, size: tuple[int, int], rng: np.random.Generator, mar
 
 def _export(cov: np.ndarray, mode: str) -> np.ndarray:
     """Coverage in [0, 1] -> the uint8 array a canvas export decodes to, for one of CANVAS_MODES."""
-    a = np.round(np.clip(cov, 0, 1) * 255).astype(np.uint8)
+    return _export_u8(np.round(np.clip(cov, 0, 1) * 255).astype(np.uint8), mode)
+
+
+def _export_u8(a: np.ndarray, mode: str) -> np.ndarray:
     if mode == "rgba/black-ink":  # untouched pixels (0,0,0,0); black ink whose alpha is its coverage
         return np.dstack([np.zeros_like(a)] * 3 + [a])
     if mode == "rgba/white-ink":
@@ -236,38 +274,49 @@ def _export(cov: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown canvas mode {mode!r}")
 
 
+def _coverage_u8(image: np.ndarray, mode: str) -> np.ndarray:
+    """The inverse of `_export_u8`."""
+    if mode.startswith("rgba/"):
+        return image[..., 3]
+    return image[..., 0] if mode == "rgb/white-on-black" else 255 - image[..., 0]
+
+
+def _params(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
+    return {k: np.array([r[k] for r in rows], np.float32) for k in rows[0]} if rows else {}
+
+
 def canvas_set(split: Split, n: int = 2000, seed: int = 0) -> RealWorldSet:
     """`n` MNIST test digits re-drawn as 280x280 browser-canvas exports (see the module docstring)."""
     idx = _pick(split, n, seed)
-    images, kinds = [], []
+    images, kinds, rows = [], [], []
     for i, j in enumerate(idx):
         rng = _rng(seed, i)
-        height = rng.uniform(120, 250)
-        aspect = rng.uniform(0.9, 1.1)
-        angle = rng.uniform(-15, 15)
-        pen = rng.uniform(12, 28)
+        p = {"height": rng.uniform(120, 250), "aspect": rng.uniform(0.9, 1.1), "angle": rng.uniform(-15, 15),
+             "pen": rng.uniform(12, 28)}  # fmt: skip
         mode = CANVAS_MODES[i % len(CANVAS_MODES)]
-        cov = _restroke(split.images[j], height, aspect, angle, pen)
+        cov = _restroke(split.images[j], p["height"], p["aspect"], p["angle"], p["pen"])
         images.append(_export(_place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode))
         kinds.append(mode)
+        rows.append(p)
     return RealWorldSet("canvas", images, split.labels[idx].astype(np.int64), np.array(kinds),
-                        np.array([f"mnist-test:{j}" for j in idx]))  # fmt: skip
+                        np.array([f"mnist-test:{j}" for j in idx]), _params(rows))  # fmt: skip
 
 
 def _jpeg(a: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, "JPEG", quality=quality)
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
 
 
-def _photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
-    w, h = (int(v) for v in rng.integers(160, 321, size=2))
+def _photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str, dict[str, float]]:
+    w, h = (int(v) for v in rng.integers(128, 257, size=2))
     height = rng.uniform(0.4, 0.75) * min(w, h)
     pen = height * rng.uniform(0.05, 0.14)  # ballpoint to felt-tip, relative to the digit's height
-    cov = _restroke(digit, height, rng.uniform(0.9, 1.1), rng.uniform(-15, 15), pen)
+    p = {"height": height, "aspect": rng.uniform(0.9, 1.1), "angle": rng.uniform(-15, 15), "pen": pen}
+    cov = _restroke(digit, p["height"], p["aspect"], p["angle"], p["pen"])
     cov = _place(cov, (h, w), rng, margin=max(4, min(w, h) // 12))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    # Lighting: a gradient in a random direction, plus a soft shadow (a hand or a phone) over one side.
+    # Lighting: a gradient in a random direction, plus a soft shadow (a hand or a phone) somewhere.
     theta = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(theta) * (xx / w - 0.5) + np.sin(theta) * (yy / h - 0.5)) * rng.uniform(0.1, 0.45)
     cx, cy, sr = rng.uniform(-0.2, 1.2) * w, rng.uniform(-0.2, 1.2) * h, rng.uniform(0.3, 0.8) * max(w, h)
@@ -276,27 +325,30 @@ def _photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
     paper = rng.uniform(0.7, 0.95)
     ink = rng.uniform(0.05, 0.35)
     texture = ndi.gaussian_filter(rng.normal(0, 1, (h, w)), rng.uniform(1, 3)) * rng.uniform(0.01, 0.04)
-    cov = ndi.gaussian_filter(cov, rng.uniform(0.3, 1.2))  # defocus
+    p["blur"] = rng.uniform(0.3, 1.2)
+    cov = ndi.gaussian_filter(cov, p["blur"])  # defocus
     gray = light * (paper + texture) * (1 - cov) + light * ink * cov
     tint = np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 1.0)], np.float32)
     rgb = gray[..., None] * tint + rng.normal(0, rng.uniform(0.005, 0.025), (h, w, 1))  # sensor noise
     a = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-    quality = int(rng.integers(40, 91))
+    p["quality"] = int(rng.integers(40, 91))
     if rng.random() < 0.25:
-        return _jpeg(np.ascontiguousarray(np.round(a @ [0.299, 0.587, 0.114]).astype(np.uint8)), quality), "jpeg/l"
-    return _jpeg(a, quality), "jpeg/rgb"
+        grey = np.round(a @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+        return _jpeg(grey, p["quality"]), "jpeg/l", p
+    return _jpeg(a, p["quality"]), "jpeg/rgb", p
 
 
 def photo_set(split: Split, n: int = 1000, seed: int = 1) -> RealWorldSet:
     """`n` MNIST test digits in dark ink on paper, photographed: JPEG bytes (see the module docstring)."""
     idx = _pick(split, n, seed)
-    images, kinds = [], []
+    images, kinds, rows = [], [], []
     for i, j in enumerate(idx):
-        data, kind = _photo(split.images[j], _rng(seed, i))
+        data, kind, p = _photo(split.images[j], _rng(seed, i))
         images.append(data)
         kinds.append(kind)
+        rows.append(p)
     return RealWorldSet("photo", images, split.labels[idx].astype(np.int64), np.array(kinds),
-                        np.array([f"mnist-test:{j}" for j in idx]))  # fmt: skip
+                        np.array([f"mnist-test:{j}" for j in idx]), _params(rows))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- fonts
@@ -338,35 +390,36 @@ def font_set(seed: int = 2, fonts: Sequence[tuple[str, Path, str]] | None = None
     """Digits 0-9 from each installed font in FONTS (or `fonts`), `variants` images per font and digit.
 
     Each image: a canvas 64-280 px a side (not always square), the glyph 35-85% of its height, rotated
-    +-10 degrees, anywhere on it, exported like a canvas (CANVAS_MODES, in turn). `kinds` is
+    +-10 degrees, anywhere on it, exported like a canvas (CANVAS_MODES in turn). `kinds` is
     "<style>/<mode>", `origins` "font:<name>". Fonts without digit glyphs are skipped.
     """
     fonts = find_fonts() if fonts is None else list(fonts)
-    images, labels, kinds, origins = [], [], [], []
-    i = 0
+    images, labels, kinds, origins, rows = [], [], [], [], []
     for name, path, style in fonts:
         glyphs = _font_digits(path)
         if glyphs is None:
             continue
         for digit, glyph in enumerate(glyphs):
-            for v in range(variants):
+            for _ in range(variants):
+                i = len(images)
                 rng = _rng(seed, i)
-                i += 1
                 w, h = (int(s) for s in rng.integers(64, 281, size=2))
-                angle = rng.uniform(-10, 10)
-                g = np.asarray(Image.fromarray(glyph).rotate(angle, Image.Resampling.BICUBIC, expand=True))
+                p = {"angle": rng.uniform(-10, 10), "height": rng.uniform(0.35, 0.85) * h}
+                g = np.asarray(Image.fromarray(glyph).rotate(p["angle"], Image.Resampling.BICUBIC, expand=True))
                 g = _crop(g, 0.02)
-                k = rng.uniform(0.35, 0.85) * h / g.shape[0]
+                k = p["height"] / g.shape[0]
                 size = (max(1, round(g.shape[1] * k)), max(1, round(g.shape[0] * k)))
                 g = np.clip(_resize(g, size, Image.Resampling.BOX if k < 1 else Image.Resampling.BICUBIC), 0, 1)
-                mode = CANVAS_MODES[(digit + v) % len(CANVAS_MODES)]
+                mode = CANVAS_MODES[i % len(CANVAS_MODES)]
                 images.append(_export(_place(g, (h, w), rng), mode))
                 labels.append(digit)
                 kinds.append(f"{style}/{mode}")
                 origins.append(f"font:{name}")
+                rows.append(p)
     if not images:
         raise DataError("no usable fonts installed (see digitlab.realworld.FONTS for the Debian packages)")
-    return RealWorldSet("fonts", images, np.array(labels, np.int64), np.array(kinds), np.array(origins))
+    return RealWorldSet("fonts", images, np.array(labels, np.int64), np.array(kinds), np.array(origins),
+                        _params(rows))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -380,48 +433,111 @@ def realworld_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "data" / "realworld"
 
 
-def _png(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(a)).save(buf, "PNG", optimize=True)
-    return buf.getvalue()
+def _mode_of(kind: str) -> str:
+    mode = next((m for m in CANVAS_MODES if kind.endswith(m)), None)
+    if mode is None:
+        raise ValueError(f"cannot store an image of kind {kind!r} losslessly (expected one of {CANVAS_MODES})")
+    return mode
+
+
+class _StoredImages(Sequence):
+    """A stored set's images, rebuilt one at a time on access: a whole set of arrays would take ~0.5 GB."""
+
+    def __init__(self, z: Mapping[str, np.ndarray], coverage: bytes) -> None:
+        self._coverage = coverage
+        self._starts = np.asarray(z["coverage_offsets"])
+        self._boxes = np.asarray(z["boxes"])  # (y, x, h, w) of the stored ink crop
+        self._shapes = np.asarray(z["shapes"])  # (H, W); (0, 0) for JPEG files
+        self._modes = [str(m) for m in z["modes"]]
+        self._jpeg = z["jpeg"].tobytes()
+        self._jpeg_starts = np.asarray(z["jpeg_offsets"])
+        self._is_jpeg = np.asarray(z["is_jpeg"])
+        self._jpeg_index = np.cumsum(self._is_jpeg) - 1
+        self._array_index = np.cumsum(~self._is_jpeg) - 1
+
+    def __len__(self) -> int:
+        return len(self._is_jpeg)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        if self._is_jpeg[i]:
+            k = self._jpeg_index[i]
+            return self._jpeg[self._jpeg_starts[k] : self._jpeg_starts[k + 1]]
+        k = self._array_index[i]
+        y, x, h, w = (int(v) for v in self._boxes[i])
+        cov = np.zeros(tuple(int(v) for v in self._shapes[i]), np.uint8)
+        crop = np.frombuffer(self._coverage, np.uint8, h * w, int(self._starts[k])).reshape(h, w)
+        cov[y : y + h, x : x + w] = crop
+        return _export_u8(cov, self._modes[i])
 
 
 def save_realworld(ds: RealWorldSet, path: Path, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write a set to one .npz: arrays as lossless PNG files, JPEG bytes as they are, in one byte blob."""
-    blobs = [img if isinstance(img, bytes) else _png(img) for img in ds.images]
-    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    """Write a set to one compact .npz; `load_realworld` gives back the identical images.
+
+    Canvas-style arrays are stored as their ink coverage cropped to the ink (the export mode rebuilds them),
+    all crops in one LZMA-compressed stream; JPEG files are stored as their bytes.
+    """
+    crops, jpegs, boxes, shapes, modes = [], [], [], [], []
+    for img, kind in zip(ds.images, ds.kinds, strict=True):
+        if isinstance(img, bytes):
+            jpegs.append(img)
+            boxes.append((0, 0, 0, 0))
+            shapes.append((0, 0))
+            modes.append("")
+            continue
+        mode = _mode_of(str(kind))
+        cov = np.ascontiguousarray(_coverage_u8(img, mode))
+        if not np.array_equal(_export_u8(cov, mode), img):
+            raise ValueError(f"an image of kind {kind!r} is not a plain export of its coverage")
+        ys, xs = np.nonzero(cov)
+        y, x = (int(ys.min()), int(xs.min())) if ys.size else (0, 0)
+        h, w = (int(ys.max()) + 1 - y, int(xs.max()) + 1 - x) if ys.size else (0, 0)
+        crops.append(cov[y : y + h, x : x + w].tobytes())
+        boxes.append((y, x, h, w))
+        shapes.append(cov.shape)
+        modes.append(mode)
     info = {"name": ds.name, "format_version": FORMAT_VERSION, **(meta or {})}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, blob=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
-             is_jpeg=np.array([isinstance(img, bytes) for img in ds.images]), labels=ds.labels.astype(np.uint8),
-             kinds=ds.kinds.astype(str), origins=ds.origins.astype(str), meta=np.array(json.dumps(info)))  # fmt: skip
+    packed = lzma.compress(b"".join(crops), preset=9 | lzma.PRESET_EXTREME)
+    np.savez(
+        tmp,
+        coverage_xz=np.frombuffer(packed, np.uint8),
+        coverage_offsets=np.cumsum([0] + [len(c) for c in crops]).astype(np.int64),
+        boxes=np.array(boxes, np.int32).reshape(-1, 4),
+        shapes=np.array(shapes, np.int32).reshape(-1, 2),
+        modes=np.array(modes, dtype=str),
+        jpeg=np.frombuffer(b"".join(jpegs), np.uint8),
+        jpeg_offsets=np.cumsum([0] + [len(j) for j in jpegs]).astype(np.int64),
+        is_jpeg=np.array([isinstance(img, bytes) for img in ds.images], bool),
+        labels=ds.labels.astype(np.uint8),
+        kinds=ds.kinds.astype(str),
+        origins=ds.origins.astype(str),
+        meta=np.array(json.dumps(info, sort_keys=True)),
+        **{f"param_{k}": v.astype(np.float32) for k, v in ds.params.items()},
+    )
     tmp.replace(path)
     return path
 
 
-def load_realworld(name: str, directory: Path | None = None) -> RealWorldSet:
+def load_realworld(name: str | Path, directory: Path | None = None) -> RealWorldSet:
     """Read a set written by `save_realworld` (name: canvas, photo, fonts; or a path to an .npz)."""
     path = Path(name) if str(name).endswith(".npz") else (directory or realworld_dir()) / f"{name}.npz"
     if not path.is_file():
         raise DataError(f"no real-world set at {path} — run `python scripts/make_realworld.py`")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            blob, offsets, is_jpeg = z["blob"].tobytes(), z["offsets"], z["is_jpeg"]
-            labels, kinds, origins = z["labels"].astype(np.int64), z["kinds"], z["origins"]
-            info = json.loads(str(z["meta"]))
-    except (OSError, KeyError, ValueError) as e:
+        with np.load(path, allow_pickle=False) as npz:
+            z = {k: npz[k] for k in npz.files}
+        info = json.loads(str(z["meta"]))
+        images = _StoredImages(z, lzma.decompress(z["coverage_xz"].tobytes()))
+        params = {k.removeprefix("param_"): v for k, v in z.items() if k.startswith("param_")}
+        return RealWorldSet(info.get("name", path.stem), images, z["labels"].astype(np.int64), z["kinds"],
+                            z["origins"], params)  # fmt: skip
+    except (OSError, KeyError, ValueError, lzma.LZMAError) as e:
         raise DataError(f"{path}: not a real-world set ({e})") from None
-    images: list[Source] = []
-    for k in range(len(labels)):
-        data = blob[offsets[k] : offsets[k + 1]]
-        if is_jpeg[k]:
-            images.append(data)
-        else:
-            with Image.open(io.BytesIO(data)) as im:
-                images.append(np.asarray(im))
-    return RealWorldSet(info.get("name", path.stem), images, labels, kinds, origins)
 
 
 # --------------------------------------------------------------------------------------------- scoring
