@@ -352,6 +352,11 @@ def write_report(
             confusion_markdown(test["confusion"]),
         ]  # fmt: skip
 
+    if metrics.get("realworld"):  # kept across re-evaluations: `evaluate --realworld` stored it in metrics.json
+        from digitlab.realworld import realworld_markdown
+
+        lines += ["", realworld_markdown(metrics["realworld"]).rstrip()]
+
     figures = [("curves", "Training curves"), ("confusion", "Confusion matrix"),
                ("errors", "Misclassified test images"), ("reliability", "Reliability diagram")]  # fmt: skip
     present = [(n, t) for n, t in figures if (plot_dir / f"{n}.png").exists()]

@@ -69,7 +69,7 @@ EMPTY_MIN_SIDE_FRAC = 0.04  # ink box's longer side vs the image's shorter side
 EMPTY_MIN_FRACTION = 0.0005  # ink pixels vs the square of the image's shorter side
 DOT_RATIO = 2.0  # a mark no longer than this many stroke widths is a dot (a blob has no strokes)
 LINE_STRAIGHT = 0.2  # minor/major spread of the ink below this: a straight stroke
-LINE_MAX_TILT = 50.0  # a straight stroke tilted more than this from vertical is a line, not a "1"
+LINE_MAX_TILT = 60.0  # a straight stroke tilted more than this from vertical is a line, not a "1"
 
 # --- segmentation of a number written on one line.
 SEG_MERGE_OVERLAP = 0.5  # merge components whose x-ranges overlap by this share of the narrower one
@@ -396,7 +396,7 @@ def ink_stats(ink: np.ndarray, *, contrast: float = 1.0) -> InkStats:
     """Measure a cleaned white-on-black image (float in [0, 1] or uint8) and decide whether it is empty.
 
     Empty: no ink or too faint, a tiny mark (box or area), a dot (no longer than two stroke widths), or one
-    straight stroke tilted more than 50 degrees from vertical (a line is not a digit; a vertical one is a 1).
+    straight stroke tilted more than LINE_MAX_TILT degrees from vertical (a line, not a digit; an upright one is a 1).
     """
     a = np.asarray(ink, dtype=np.float32)
     if a.ndim != 2:
