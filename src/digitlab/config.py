@@ -70,13 +70,26 @@ class TrainConfig:
 # The documented reference model ("seed"), faithfully: see ../shared/REFERENCE.md and docs/seed.md.
 SEED = TrainConfig()
 
-# Our fast recipe: best accuracy per second on 2 CPU cores. Every trick is named in digitlab.models.FastNet
-# and in the README's "fast recipe" section.
+# Our fast recipe: the best accuracy per second of training on 2 CPU cores. Each trick and what it buys
+# (measured on this project's 2-core machine; the README's "fast recipe" section has the figures):
+#  1. A small all-conv BN net that pools early (FastNet, 16/32/64 channels, 70k parameters): only the 1-channel
+#     stem runs at 28x28, so an image costs 5.5M multiply-adds (the reference: 10.4M) — ~3,500 train images/s.
+#  2. channels_last memory format: oneDNN's fast path for convolutions on CPU, +30% images/s.
+#  3. bf16 autocast where the CPU has native bf16 (precision="auto"): ~1.5x images/s, same validation accuracy
+#     (99.43% vs 99.47% fp32 on the 6,000-image validation split — within its ±0.09% standard error).
+#  4. The whole training set is one tensor; batches are index slices, augmented as a batch by one
+#     affine_grid/grid_sample call (rotation ±10°, zoom ±10%, shift ±10%): no DataLoader, no per-image Python.
+#  5. SGD with Nesterov momentum, a short linear warm-up then linear decay to zero ("one-cycle") at a high peak lr,
+#     batch 256, weight decay on conv/linear weights only: converges in 5 epochs.
+#  6. Label smoothing 0.1 and a fixed 1/8 logit scale: stable at the high lr.
+#  7. No validation during training (it chooses nothing in a fixed schedule): one pass at the end.
+#  8. Test-time augmentation: the mean logits over the image and four 1-pixel shifts (costs inference, not training).
 FAST = TrainConfig(
     preset="fast",
     model="fast",
+    model_args={"widths": [16, 32, 64]},
     val_fraction=0.1,
-    epochs=4,
+    epochs=5,
     batch_size=256,
     optimizer="sgd",
     lr=0.2,
@@ -90,8 +103,8 @@ FAST = TrainConfig(
     zoom=0.1,
     translate=0.1,
     tta=True,
-    eval_every=1000,
-    precision="auto",  # only the final epoch is validated: validation costs time and chooses nothing here
+    eval_every=1000,  # validate only after the last epoch
+    precision="auto",
 )
 
 PRESETS: dict[str, TrainConfig] = {"seed": SEED, "fast": FAST}

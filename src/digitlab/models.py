@@ -72,7 +72,7 @@ class FastNet(nn.Module):
     - A fixed scale on the logits (1/8, as in airbench) keeps early training stable at a high SGD lr.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), num_classes: int = 10) -> None:
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10) -> None:
         super().__init__()
         w0, w1, w2 = widths
         self.net = nn.Sequential(

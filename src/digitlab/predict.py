@@ -227,6 +227,11 @@ class Predictor:
         evaluation: no preprocessing, no OOD rule)."""
         return softmax(self.logits_array(images), self.temperature)
 
+    def classify(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions for digits already preprocessed elsewhere (each the uint8 (28, 28) `Preprocessed.image`
+        of an "ok" result, e.g. from worker processes): model, temperature and OOD rule exactly as `predict`."""
+        return self._classify(list(images))
+
     def predict(self, images: ImageSource | Sequence[ImageSource]) -> list[Prediction]:
         """Predict one image or many (a list, or an (N, H, W) array); always returns a list, one per input."""
         sources = list(images) if _is_batch(images) else [images]
