@@ -430,8 +430,9 @@ def predict(
 ) -> None:
     """Predict the digit in each image: calibrated confidence, or 'empty', 'not a digit', or an error.
 
-    Every file gets an answer; exit code 1 when any of them could not be read. With folders, --out or
-    --kaggle-submission: a streaming batch job with a progress bar (see `digitlab.batch`).
+    Every file gets an answer; exit code 1 when any of them could not be read.
+
+    Folders, --out or --kaggle-submission: a streaming batch job with a progress bar (see digitlab.batch).
     """
     import csv
     import json
@@ -511,7 +512,6 @@ def _predict_batch(run: Path, inputs: list[str], backend: str, out: Path | None,
                            console=err_console, transient=True)  # fmt: skip
     task = progress.add_task("predict", total=None)
     update = lambda done, total: progress.update(task, completed=done, total=total)  # noqa: E731
-    target = kaggle or out
     try:
         with progress:
             if kaggle is not None:
@@ -521,12 +521,14 @@ def _predict_batch(run: Path, inputs: list[str], backend: str, out: Path | None,
             s = predict_files(predictor, inputs, out, recursive=recursive, resume=resume, batch_size=batch_size,
                               workers=workers, progress=update)  # fmt: skip
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: finished batches are in {target}; continue with --resume", highlight=False)
+        how = "nothing written" if kaggle else f"finished batches are in {out}; continue with --resume"
+        err_console.print(f"interrupted: {how}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     counts = ", ".join(f"{k} {v:,}" for k, v in sorted(s.counts.items())) or "nothing new"
     skipped = f"; {s.skipped:,} already there" if s.skipped else ""
-    console.print(f"[bold green]done[/] {s.written:,} rows → {s.out} ({counts}{skipped}) in {s.seconds:.1f} s, "
-                  f"{s.images_per_second:,.0f} images/s", highlight=False, soft_wrap=True)  # fmt: skip
+    rate = f", {s.images_per_second:,.0f} images/s" if s.written else ""
+    console.print(f"[bold green]done[/] {s.written:,} rows → {s.out} ({counts}{skipped}) in {s.seconds:.1f} s{rate}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
     if s.counts.get("error"):
         err_console.print(f"[bold red]error:[/] {s.counts['error']:,} of {s.written:,} file(s) could not be read "
                           f"(status 'error' rows in {s.out})", highlight=False, soft_wrap=True)  # fmt: skip
