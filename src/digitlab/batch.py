@@ -1,0 +1,501 @@
+"""Batch prediction over large folders: streaming, bounded queues, resumable output.
+
+    digitlab predict RUN scans/ --recursive --out results.csv --backend onnx    # also .jsonl, .parquet
+    digitlab predict RUN scans/ --recursive --out results.csv --resume          # after a kill: only the rest
+    digitlab predict RUN test.csv --kaggle-submission submission.csv            # Kaggle's ImageId,Label file
+
+Each file is decoded and preprocessed (`digitlab.preprocess`, as `Predictor.predict` does) in a pool of workers,
+CHUNK files per task, with at most IN_FLIGHT tasks per worker submitted ahead, so memory stays flat however
+many files there are. The main process runs the model over batches (`Predictor.classify`: the run's temperature
+and "not a digit" rule), appends one row per file, errors included, and flushes after every batch: a killed
+job loses at most its last batch, and `resume` skips the files already in the output.
+
+Worker processes for big jobs, threads for small ones: preprocessing a scan costs ~1.5 ms of CPU in hundreds of
+small NumPy/SciPy calls on small arrays, i.e. mostly Python holding the GIL (the PNG decode, which PIL does
+without it, is ~0.04 ms of that), so threads cannot spread it over two cores and processes can; but a process
+pool is slow to start: each worker imports NumPy, SciPy and PIL afresh (~0.5 s of CPU; 1.5 to 6 s before the
+first batch was out on a busy 2-core machine, against ~1.5 s with threads).
+`bench/batch_predict.py --pool process thread` measures both.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from digitlab.data import IMAGE_SUFFIXES
+from digitlab.errors import ConfigError, DigitlabError
+from digitlab.preprocess import preprocess
+
+if TYPE_CHECKING:  # digitlab.predict imports torch: kept out of the worker processes, which only preprocess
+    from digitlab.predict import Prediction, Predictor
+
+__all__ = [
+    "BATCH_SIZE",
+    "COLUMNS",
+    "OUT_FORMATS",
+    "BatchSummary",
+    "check_out",
+    "default_workers",
+    "kaggle_submission",
+    "list_inputs",
+    "predict_files",
+    "prepare_file",
+    "read_done",
+]
+
+COLUMNS = ("file", "digit", "confidence", "status", "message", *(f"p{d}" for d in range(10)))
+OUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+BATCH_SIZE = 256  # images per model batch, and per flush of the output
+CHUNK = 32  # files per worker task: amortises the inter-process round trip (~0.1 ms) over ~60 ms of work
+IN_FLIGHT = 4  # tasks per worker submitted ahead of the one being consumed: bounds memory, keeps workers busy
+PROCESS_MIN_FILES = 1000  # pool="auto": fewer files than this use threads (a process pool's start-up would cost more)
+PARQUET_JOURNAL = ".partial.jsonl"  # a .parquet is written at the end; until then rows go to OUT + this suffix
+
+# (status, image, message) for one file: status "ok" (image: uint8 28x28), "empty" or "error".
+Prepared = tuple[str, "np.ndarray | None", "str | None"]
+
+
+def default_workers() -> int:
+    """One decoding worker per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def list_inputs(inputs: Sequence[str | os.PathLike[str]], recursive: bool = False) -> list[str]:
+    """The files to predict, in order, each once: a file as given (whatever its suffix); a folder's image files
+    (by suffix, sorted by name), its subfolders' too with `recursive`, as paths joined onto the folder given."""
+    seen: dict[str, None] = {}
+    for item in inputs:
+        top = os.fspath(item)
+        if not os.path.isdir(top):
+            seen.setdefault(top, None)
+            continue
+        for folder, dirs, files in os.walk(top):
+            dirs.sort()
+            if not recursive:
+                dirs.clear()
+            for name in sorted(files):
+                if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                    seen.setdefault(os.path.join(folder, name), None)
+    return list(seen)
+
+
+def prepare_file(path: str, thin: bool = False) -> Prepared:
+    """Decode and preprocess one file as `Predictor.predict` does; never raises (the reason becomes the message)."""
+    try:
+        prep = preprocess(path, thin=thin)
+    except DigitlabError as e:
+        return "error", None, str(e)
+    except Exception as e:  # an unforeseen decoder failure must not end a 100,000-file job
+        return "error", None, " ".join(f"{path}: {type(e).__name__}: {e}".split())
+    if prep.status != "ok":
+        return "empty", None, prep.stats.reason or "no digit found"
+    return "ok", prep.image, None
+
+
+def _prepare_chunk(paths: list[str], prepare: Callable[[str], Prepared]) -> list[Prepared]:
+    return [prepare(p) for p in paths]
+
+
+def _worker_init(parent: int) -> None:
+    """In each worker process: leave Ctrl+C to the parent, and exit when the parent dies (even by SIGKILL,
+    which would otherwise leave the workers blocked on the task queue forever)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _executor(workers: int, pool: str, n_files: int) -> Executor | None:
+    if pool not in ("auto", "process", "thread"):
+        raise ConfigError(f"unknown pool {pool!r}; choose auto, process or thread")
+    if workers == 0 or n_files == 0:
+        return None
+    if pool == "thread" or (pool == "auto" and n_files < PROCESS_MIN_FILES):
+        return ThreadPoolExecutor(workers, thread_name_prefix="digitlab-decode")
+    import multiprocessing
+
+    # spawn, not fork: the parent holds a model and may run threads (ONNX Runtime, the progress bar), which a
+    # forked child would inherit in an undefined state. The workers import only NumPy, SciPy and PIL.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(os.getpid(),))  # fmt: skip
+
+
+def _prepared(
+    files: Sequence[str], prepare: Callable[[str], Prepared], executor: Executor | None, workers: int
+) -> Iterator[tuple[str, Prepared]]:
+    """(file, prepared) in input order; at most `workers * IN_FLIGHT` chunks are submitted and not yet consumed."""
+    chunks = (list(files[i : i + CHUNK]) for i in range(0, len(files), CHUNK))
+    if executor is None:
+        for chunk in chunks:
+            yield from zip(chunk, _prepare_chunk(chunk, prepare), strict=True)
+        return
+    window: deque[tuple[list[str], Future]] = deque()
+    first = files[0] if files else ""  # the first file not yet consumed, for a dead worker's message
+    try:
+        for chunk in chunks:
+            window.append((chunk, executor.submit(_prepare_chunk, chunk, prepare)))
+            if len(window) >= workers * IN_FLIGHT:
+                done, future = window.popleft()
+                first = done[0]
+                yield from zip(done, future.result(), strict=True)
+        while window:
+            done, future = window.popleft()
+            first = done[0]
+            yield from zip(done, future.result(), strict=True)
+    except BrokenExecutor:  # a worker killed by the OOM killer, or a decoder that crashed its process
+        raise DigitlabError(f"a decoding worker died (out of memory? a crashing decoder?) on {first} or a file "
+                            "after it; the rows before it are saved") from None  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def _row(file: str, p: Prediction) -> dict[str, Any]:
+    probs: list[float | None] = list(p.probabilities) if p.probabilities else [None] * 10
+    return {"file": file, "digit": p.digit, "confidence": p.confidence, "status": p.status, "message": p.message,
+            **{f"p{d}": v for d, v in enumerate(probs)}}  # fmt: skip
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line without its newline (a write cut short by a kill) off `path`."""
+    with path.open("r+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            k = block.rfind(b"\n")
+            if k >= 0:
+                f.truncate(pos - step + k + 1)
+                return
+            pos -= step
+        f.truncate(0)
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for r in rows:
+        probs = ["" if r[f"p{d}"] is None else f"{r[f'p{d}']:.6g}" for d in range(10)]
+        writer.writerow([r["file"], "" if r["digit"] is None else r["digit"], f"{r['confidence']:.6g}", r["status"],
+                         r["message"] or "", *probs])  # fmt: skip
+    return buf.getvalue()
+
+
+def _jsonl_text(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def _read_csv_files(path: Path) -> set[str]:
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return set()
+        if tuple(header) != COLUMNS:
+            raise ConfigError(f"cannot resume {path}: its header is not {','.join(COLUMNS[:5])},p0..p9")
+        return {row[0] for row in reader if row}
+
+
+def _read_jsonl_files(path: Path) -> set[str]:
+    done = set()
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                done.add(json.loads(line)["file"])
+            except (ValueError, KeyError, TypeError):
+                raise ConfigError(f"cannot resume {path}: line {n} is not a JSON row with a 'file'") from None
+    return done
+
+
+def _pyarrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError("writing .parquet needs pyarrow (pip install pyarrow); or use .csv or .jsonl") from None
+    return pa, pq
+
+
+def _parquet_schema(pa: Any) -> Any:
+    return pa.schema([("file", pa.string()), ("digit", pa.int64()), ("confidence", pa.float64()),
+                      ("status", pa.string()), ("message", pa.string()),
+                      *((f"p{d}", pa.float64()) for d in range(10))])  # fmt: skip
+
+
+class _Output:
+    """Append-only, flushed-per-batch rows in OUT (csv, jsonl) or, for parquet, in a JSONL journal beside OUT
+    that becomes OUT when the job completes (a parquet file is unreadable until its footer is written)."""
+
+    def __init__(self, out: Path, fsync: bool = False) -> None:
+        self.out = Path(out)
+        self.format = OUT_FORMATS.get(self.out.suffix.lower(), "")
+        if not self.format:
+            raise ConfigError(f"{self.out}: the output must end in {', '.join(OUT_FORMATS)}")
+        if self.format == "parquet":
+            _pyarrow()
+        self.journal = self.out.with_name(self.out.name + PARQUET_JOURNAL) if self.format == "parquet" else self.out
+        self.fsync = fsync
+        self._f: io.TextIOWrapper | None = None
+
+    def exists(self) -> bool:
+        return self.out.exists() or self.journal.exists()
+
+    def done(self) -> set[str]:
+        """The files already in the output (a cut-off last line is removed first)."""
+        if self.journal.exists():
+            _drop_partial_line(self.journal)
+            return _read_csv_files(self.journal) if self.format == "csv" else _read_jsonl_files(self.journal)
+        if self.format == "parquet" and self.out.exists():
+            return set(self._parquet_files())
+        return set()
+
+    def _parquet_files(self) -> Iterator[str]:
+        _, pq = _pyarrow()
+        try:
+            for batch in pq.ParquetFile(self.out).iter_batches(columns=["file"]):
+                yield from batch.column(0).to_pylist()
+        except Exception as e:  # ArrowInvalid and friends: not (or no longer) a parquet file
+            raise ConfigError(f"cannot resume {self.out}: not a readable parquet file ({e})") from None
+
+    def open(self) -> None:
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        if self.format == "parquet" and not self.journal.exists() and self.out.exists():
+            _, pq = _pyarrow()  # resuming a finished file: its rows go back into the journal first
+            with self.journal.open("w", encoding="utf-8") as f:
+                for batch in pq.ParquetFile(self.out).iter_batches():
+                    f.write(_jsonl_text(batch.to_pylist()))
+        fresh = not self.journal.exists() or self.journal.stat().st_size == 0
+        self._f = self.journal.open("a", encoding="utf-8", errors="surrogateescape", newline="")
+        if fresh and self.format == "csv":
+            self._write(",".join(COLUMNS) + "\n")
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self._write(_csv_text(rows) if self.format == "csv" else _jsonl_text(rows))
+
+    def _write(self, text: str) -> None:
+        assert self._f is not None
+        self._f.write(text)
+        self._f.flush()
+        if self.fsync:
+            os.fsync(self._f.fileno())
+
+    def close(self, complete: bool) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        if complete and self.format == "parquet" and self.journal.exists():
+            self._journal_to_parquet()
+
+    def _journal_to_parquet(self, rows_per_group: int = 65536) -> None:
+        pa, pq = _pyarrow()
+        schema = _parquet_schema(pa)
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        with pq.ParquetWriter(tmp, schema) as writer, self.journal.open(encoding="utf-8") as f:
+            rows: list[dict[str, Any]] = []
+            for line in f:
+                if line.strip():
+                    rows.append(json.loads(line))
+                if len(rows) >= rows_per_group:
+                    writer.write_table(pa.Table.from_pylist(rows, schema))
+                    rows = []
+            if rows:
+                writer.write_table(pa.Table.from_pylist(rows, schema))
+        os.replace(tmp, self.out)
+        self.journal.unlink()
+
+
+def check_out(out: str | os.PathLike[str], resume: bool = False) -> None:
+    """Raise ConfigError now, before any work, if `out` cannot be the output of `predict_files`: an unknown
+    suffix, .parquet without pyarrow, or an existing output without `resume`."""
+    output = _Output(Path(out))
+    if output.exists() and not resume:
+        raise ConfigError(f"{output.out} already exists: add --resume to continue it, or remove it first")
+
+
+def read_done(out: str | os.PathLike[str]) -> set[str]:
+    """The `file` values already in a batch output (.csv, .jsonl or .parquet, finished or cut off)."""
+    return _Output(Path(out)).done()
+
+
+# --------------------------------------------------------------------------------------------- the job
+
+
+@dataclass
+class BatchSummary:
+    """What one `predict_files` call did: `files` found, `skipped` (already in the output), rows written now by
+    status, and the wall time from listing the inputs to the last flush."""
+
+    out: Path
+    files: int
+    skipped: int
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def written(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def images_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else math.nan
+
+
+def _classify_batch(predictor: Predictor, items: list[tuple[str, Prepared]]) -> list[dict[str, Any]]:
+    from digitlab.predict import Prediction
+
+    ok = [k for k, (_, (status, _, _)) in enumerate(items) if status == "ok"]
+    preds: list[Prediction | None] = [None] * len(items)
+    for k, pred in zip(ok, predictor.classify([items[k][1][1] for k in ok]), strict=True):
+        preds[k] = pred
+    rows = []
+    for (file, (status, _, message)), pred in zip(items, preds, strict=True):
+        rows.append(_row(file, pred or Prediction(None, [], 0.0, status, message)))
+    return rows
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    recursive: bool = False,
+    resume: bool = False,
+    batch_size: int = BATCH_SIZE,
+    workers: int | None = None,
+    pool: str = "auto",
+    fsync: bool = False,
+    prepare: Callable[[str], Prepared] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchSummary:
+    """Predict every image file in `inputs` (files and folders, see `list_inputs`) into `out` (.csv, .jsonl or
+    .parquet; columns COLUMNS), one row per file, a failed file included as a row with status "error".
+
+    `resume`: continue an existing `out`, skipping the files already in it (an existing `out` is an error
+    otherwise). `workers`: decoding workers (default one per CPU; 0 decodes in this thread), processes or
+    threads as `pool` says ("auto": processes from PROCESS_MIN_FILES files to do, threads below). `fsync`
+    after every batch guards against power loss too, not just a killed job. `prepare(path) -> (status,
+    image, message)`: the per-file work (default `prepare_file` with the predictor's `thin`); a module-level
+    function for processes. `progress(done, total)` after each batch. Ctrl+C (KeyboardInterrupt) propagates
+    once the rows of the finished batches are safe in `out`.
+    """
+    t0 = time.perf_counter()
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, not {batch_size}")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise ConfigError(f"workers must be 0 or more, not {workers}")
+    check_out(out, resume)
+    output = _Output(Path(out), fsync=fsync)
+    files = list_inputs(inputs, recursive)
+    done = output.done() if resume else set()
+    todo = [f for f in files if f not in done] if done else files
+    summary = BatchSummary(output.out, len(files), len(files) - len(todo))
+    if not todo and not output.journal.exists():  # nothing new, and a finished parquet stays as it is
+        summary.seconds = time.perf_counter() - t0
+        return summary
+    prepare = prepare or partial(prepare_file, thin=predictor.thin)
+    output.open()
+    executor = _executor(workers, pool, len(todo))
+    complete = False
+    try:
+        if progress:
+            progress(0, len(todo))
+        batch: list[tuple[str, Prepared]] = []
+        n = 0
+        for item in _prepared(todo, prepare, executor, workers):
+            batch.append(item)
+            if len(batch) == batch_size:
+                n += _flush(predictor, batch, output, summary)
+                batch = []
+                if progress:
+                    progress(n, len(todo))
+        if batch:
+            n += _flush(predictor, batch, output, summary)
+            if progress:
+                progress(n, len(todo))
+        complete = True
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=complete, cancel_futures=True)
+        output.close(complete)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _flush(predictor: Predictor, batch: list[tuple[str, Prepared]], output: _Output, summary: BatchSummary) -> int:
+    rows = _classify_batch(predictor, batch)
+    output.write(rows)
+    for r in rows:
+        summary.counts[r["status"]] = summary.counts.get(r["status"], 0) + 1
+    return len(rows)
+
+
+# --------------------------------------------------------------------------------------------- Kaggle
+
+
+def kaggle_submission(
+    predictor: Predictor,
+    csv_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Write Kaggle digit-recognizer's submission (`ImageId,Label`, ImageId from 1) for a test.csv; returns the
+    row count. The CSV's images are already MNIST-format, so they go to the model as they are (no
+    preprocessing, no "not a digit" rule: the competition wants a digit for every row)."""
+    from digitlab.data import load_kaggle_csv
+
+    images = load_kaggle_csv(Path(csv_path)).images
+    out = Path(out)
+    labels = []
+    for start in range(0, len(images), batch_size):
+        labels.append(predictor.predict_array(images[start : start + batch_size]).argmax(1))
+        if progress:
+            progress(min(start + batch_size, len(images)), len(images))
+    label = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            f.write("ImageId,Label\n")
+            f.writelines(f"{i},{int(d)}\n" for i, d in enumerate(label, 1))
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from None
+    return len(label)
