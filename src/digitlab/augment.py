@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,14 @@ def random_affine(
     return apply_affine(x, sample_affine(len(x), rotate, zoom, translate, generator, x.device))
 
 
-def shift_batch(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Shift images by whole pixels, filling with black (used by test-time augmentation)."""
+def shift_batch(x: ArrayT, dx: int, dy: int) -> ArrayT:
+    """Shift images (..., H, W) by whole pixels, filling with black (test-time augmentation).
+
+    Works on torch tensors and NumPy arrays alike (the ONNX path has no tensors).
+    """
     if dx == 0 and dy == 0:
         return x
-    out = torch.zeros_like(x)
+    out = x * 0  # zeros of the same type, dtype and device for either library
     h, w = x.shape[-2:]
     out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
         ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)

@@ -371,14 +371,14 @@ def calibrate_run(
     {"calibration", "test_before", "test_after", "ood"}.
     """
     from digitlab.data import load_dataset
-    from digitlab.evaluate import _pick_device, evaluate_run, predict_logits
+    from digitlab.evaluate import evaluate_run, pick_device, predict_logits
     from digitlab.rundir import RunDir, load_model
     from digitlab.train import split_data
 
     say = progress or (lambda msg: None)
     rd = (run if isinstance(run, RunDir) else RunDir(Path(run))).require()
     config = rd.read_config()
-    dev = _pick_device(device or config.device)
+    dev = pick_device(device or config.device)
     model = load_model(rd, device=dev)
     say(f"re-making the validation split of {config.data}")
     _, val = split_data(load_dataset(config.data), config)

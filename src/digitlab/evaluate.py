@@ -146,7 +146,8 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- a run
 
 
-def _pick_device(name: str) -> torch.device:
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: CUDA, then Apple MPS, then the CPU; any other name is used as given."""
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -213,7 +214,7 @@ def evaluate_run(
     rd = (run if isinstance(run, RunDir) else RunDir(Path(run))).require()
     say = _progress_fn(progress)
     config = rd.read_config()
-    dev = _pick_device(device or config.device)
+    dev = pick_device(device or config.device)
     spec = str(data) if data is not None else config.data
     say(f"loading the model from {rd.best}")
     model = load_model(rd, device=dev)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from digitlab.augment import shift_batch
 from digitlab.calibrate import OodRule, ink_fraction, logit_score, read_calibration
 from digitlab.errors import ConfigError, DigitlabError, RunDirError
 from digitlab.evaluate import TTA_SHIFTS, softmax
@@ -98,18 +99,6 @@ class ReadResult:
                 "digits": [d.to_dict(include_input) for d in self.digits]}  # fmt: skip
 
 
-def _shift(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """Shift images (..., H, W) by whole pixels, filling with black: `augment.shift_batch` in NumPy."""
-    if dx == 0 and dy == 0:
-        return x
-    out = np.zeros_like(x)
-    h, w = x.shape[-2:]
-    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
-        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out
-
-
 def tta_logits(
     forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, tta: bool, batch_size: int = BATCH_SIZE
 ) -> np.ndarray:
@@ -120,7 +109,7 @@ def tta_logits(
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].astype(np.float32)[:, None] / np.float32(255)
-        batch = np.concatenate([_shift(x, dx, dy) for dx, dy in shifts])  # one call for all shifts
+        batch = np.concatenate([shift_batch(x, dx, dy) for dx, dy in shifts])  # one call for all shifts
         logits = np.asarray(forward(batch), dtype=np.float32)
         out.append(logits.reshape(len(shifts), len(x), -1).mean(0))
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
@@ -302,12 +291,12 @@ class Predictor:
 def _torch_forward(rd: RunDir, device: str, threads: int | None, tta: bool) -> tuple[Callable, str]:
     import torch
 
-    from digitlab.evaluate import _pick_device, predict_logits
+    from digitlab.evaluate import pick_device, predict_logits
     from digitlab.rundir import load_model
 
     if threads:
         torch.set_num_threads(threads)
-    dev = _pick_device(device)
+    dev = pick_device(device)
     model = load_model(rd, device=dev)
     lock = threading.Lock()  # one forward at a time: a module is not re-entrant across threads in eval mode
 

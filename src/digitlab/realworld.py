@@ -627,13 +627,13 @@ def evaluate_realworld(
     {set: {"n", "accuracy", "naive_accuracy", "empty", "by_kind"[, "by_font"]}}; other keys of
     metrics.json are kept and the report's "Real-world input" section is added or replaced.
     """
-    from digitlab.evaluate import _pick_device, _read_json
+    from digitlab.evaluate import _read_json, pick_device
     from digitlab.rundir import RunDir, load_model
 
     rd = (run if isinstance(run, RunDir) else RunDir(Path(run))).require()
     say = progress or (lambda msg: None)
     config = rd.read_config()
-    dev = _pick_device(device or config.device)
+    dev = pick_device(device or config.device)
     model = load_model(rd, device=dev)
     if sets is None:
         sets = SET_NAMES

@@ -33,7 +33,7 @@ from digitlab.config import TrainConfig
 from digitlab.data import Dataset, Split, load_dataset, stratified_split
 from digitlab.distributed import Dist, init_distributed, shutdown
 from digitlab.errors import ConfigError, RunDirError
-from digitlab.evaluate import predict_logits, to_tensor
+from digitlab.evaluate import pick_device, predict_logits, to_tensor
 from digitlab.models import build_model, count_params
 from digitlab.rundir import RunDir, save_weights
 
@@ -57,16 +57,6 @@ class TrainResult:
     run: RunDir
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
