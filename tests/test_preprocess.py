@@ -332,6 +332,36 @@ def test_stroke_width_of_known_bars():
     assert stroke_width(np.zeros((5, 5))) == 0
 
 
+def _full_image_stroke_width(a: np.ndarray) -> float:
+    """The definition, on the whole image (stroke_width itself only transforms the ink's box)."""
+    mask = a >= 0.5 * a.max()
+    depth = ndi.distance_transform_edt(mask)
+    ridge = mask & (depth >= ndi.maximum_filter(depth, size=3))
+    return float(max(2 * depth[ridge].mean() - 0.5, 0.0))
+
+
+def test_stroke_width_on_the_ink_box_is_exact_also_at_the_image_edge():
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(8, 60, 2))
+        seeds = rng.random((h, w)) < rng.uniform(0.002, 0.03)
+        a = ndi.binary_dilation(seeds, iterations=int(rng.integers(0, 5))).astype(np.float32)
+        if rng.random() < 0.5:
+            a[0, :] = a[:, -1] = 1  # ink touching the edge: no background beyond it
+        if a.any():
+            assert stroke_width(a) == _full_image_stroke_width(a)
+
+
+def test_noise_level_shortcut_matches_the_medians():
+    from digitlab.preprocess import _noise
+
+    rng = np.random.default_rng(1)
+    for zeros in (0.3, 0.5, 0.51, 0.9):
+        r = rng.normal(0, 0.1, 101).astype(np.float32)
+        r[rng.random(101) < zeros] = 0
+        assert _noise(r) == pytest.approx(1.4826 * float(np.median(np.abs(r - np.median(r)))), abs=1e-12)
+
+
 def test_mnist_stroke_width_is_typical(mnist):
     widths = [stroke_width(d) for d in mnist.test.images[:50]]
     assert 1.5 < np.median(widths) < 3.5

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,3 +137,12 @@ def test_config_round_trips_through_the_run_directory(tiny_run):
 
     config = TrainConfig.load(tiny_run / "config.json")
     assert config.preset == "fast" and config.limit == 1000 and config.model_args == {"widths": [8, 16, 32]}
+
+
+def test_split_seed_fixes_the_validation_split_across_run_seeds(mnist):
+    from digitlab.train import split_data
+
+    a = split_data(mnist, tiny(seed=1, split_seed=5))[1]
+    b = split_data(mnist, tiny(seed=2, split_seed=5))[1]
+    c = split_data(mnist, tiny(seed=2))[1]
+    assert np.array_equal(a.images, b.images) and not np.array_equal(b.images, c.images)

@@ -86,6 +86,7 @@ def train(
     batch_size: int = typer.Option(None, "--batch-size", help="Batch size."),
     lr: float = typer.Option(None, help="(Peak) learning rate."),
     seed: int = typer.Option(None, help="Random seed (split, init, shuffling, augmentation)."),
+    split_seed: int = typer.Option(None, "--split-seed", help="Seed of the validation split only (default: --seed)."),
     val_fraction: float = typer.Option(None, "--val-fraction", help="Share of training data held out."),
     limit: int = typer.Option(None, help="Train on a stratified subset of this many images (dry runs)."),
     test_limit: int = typer.Option(None, "--test-limit", help="Evaluate on the first N test images only."),
@@ -108,7 +109,7 @@ def train(
         config = config.override(
             data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
             limit=limit, test_limit=test_limit, device=device, threads=threads, model_args=model_args,
-            sync_bn=sync_bn,
+            sync_bn=sync_bn, split_seed=split_seed,
         )  # fmt: skip
         out = out or Path("runs") / f"{config.preset}-{config.seed}"
         if current_rank() == 0:
@@ -751,6 +752,51 @@ def serve(
     finally:
         if metrics_dir is not None:
             metrics_dir.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- ensemble
+
+
+@app.command()
+def ensemble(
+    runs: list[Path] | None = typer.Argument(  # noqa: B008
+        None, metavar="RUN", help="Run directories to average (2 or more, sharing data and validation split)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Run directory to create for the ensemble."),  # noqa: B008
+    tta: bool | None = typer.Option(
+        None, "--tta/--no-tta", help="Test-time augmentation (default: on when any member used it)."
+    ),
+) -> None:
+    """Average several runs into one new run directory, calibrated on their shared validation split, then evaluated.
+
+    The result is a run like any other: predict, read, serve, app, calibrate and export (one ONNX graph) take it.
+    """
+    from rich.table import Table
+
+    from digitlab.ensemble import make_ensemble
+    from digitlab.errors import ConfigError
+
+    runs = list(runs or [])
+    if len(runs) < 2:
+        raise ConfigError(f"an ensemble needs at least 2 runs, got {len(runs)}: digitlab ensemble RUN RUN … --out DIR")
+    if out is None:
+        raise ConfigError("--out DIR is required: the run directory to create for the ensemble")
+    with console.status("building the ensemble…") as status:
+        m = make_ensemble(runs, out, tta=tta, progress=lambda msg: status.update(f"{msg}…"))
+
+    def pct(x: object) -> str:
+        return f"{x:.2%}" if isinstance(x, (int, float)) else "—"
+
+    table = Table(title=f"ensemble of {len(runs)} runs → {out}")
+    for col in ("run", "params", "val accuracy", "test accuracy"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in m["members"]:
+        params = f"{r['params']:,}" if isinstance(r.get("params"), int) else "—"
+        table.add_row(Path(r["run"]).name, params, pct(r.get("val_accuracy")), pct(r.get("test_accuracy")))
+    table.add_row("[bold]ensemble[/]", f"{m['params']:,}", pct(m["val"]["accuracy"]),
+                  f"[bold]{pct((m.get('test') or {}).get('accuracy'))}[/]")  # fmt: skip
+    console.print(table)
+    console.print(f"run directory: {out} (report: {out / 'report.md'})", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ class TrainConfig:
     limit: int | None = None  # use only this many training images (tests, dry runs)
     test_limit: int | None = None  # use only this many test images (tests, dry runs)
     seed: int = 42
+    split_seed: int | None = None  # seed of the subset/validation split; None: `seed`. Runs that share it ensemble.
     epochs: int = 50
     batch_size: int = 128
     optimizer: str = "adam"  # adam | sgd (Nesterov)
@@ -57,6 +58,10 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @property
+    def effective_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     def override(self, **changes: Any) -> TrainConfig:
         """Return a copy with the given fields changed; None values are ignored (CLI options left unset)."""

@@ -353,6 +353,10 @@ def write_report(
             confusion_markdown(test["confusion"]),
         ]  # fmt: skip
 
+    if metrics.get("members"):  # an ensemble: its members, their own validation and test figures
+        from digitlab.ensemble import ensemble_markdown
+
+        lines += ["", ensemble_markdown(metrics).rstrip()]
     if metrics.get("realworld"):  # kept across re-evaluations: `evaluate --realworld` stored it in metrics.json
         from digitlab.realworld import realworld_markdown
 

@@ -94,7 +94,13 @@ class FastNet(nn.Module):
         return self.net(x) * self.logit_scale
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"seed": SeedNet, "fast": FastNet}
+def _ensemble(**kwargs: Any) -> nn.Module:
+    from digitlab.ensemble import EnsembleNet  # imported late: digitlab.ensemble builds its members with build_model
+
+    return EnsembleNet(**kwargs)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"seed": SeedNet, "fast": FastNet, "ensemble": _ensemble}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -52,6 +52,7 @@ WORK_PIXELS = 512 * 512  # downscale bigger inputs first: all later steps cost O
 BORDER_FRAC = 0.04  # border strip used to estimate the background colour
 BG_SIDE = 64  # the background envelope is estimated on an image this big: strokes are a few px wide there
 BG_FLAT = 0.06  # background variation along the border below this is treated as a flat (constant) background
+BG_CLEAN = 0.02  # a border varying less than this (a clean canvas or scan) is flat without estimating anything
 MIN_CONTRAST = 0.08  # ink fainter than this against the paper is not ink (sensor noise, paper texture)
 MIN_SNR = 6.0  # ... nor ink that is less than this many noise sigmas above the paper
 NOISE_FLOOR = 0.15  # after stretching ink to 1, values below this (or 4 noise sigmas) become 0
@@ -62,6 +63,8 @@ NEAR_MARGIN = 0.15  # "next to": inside the digit's box grown by this fraction o
 # --- thick pens. MNIST strokes are ~2.1 px wide (median; 95th percentile 3.7) at 20 px digit height.
 THIN_ABOVE = 4.0
 THIN_TARGET = 2.5
+SW_SIDE = 96  # ink_stats measures the stroke width on a copy shrunk to this many px when the ink is bigger
+SW_MIN_PX = 10.0  # ... but no further than to strokes this wide
 
 # --- "empty" detection, so the model is not asked to classify a blank canvas or a stray mark.
 EMPTY_MIN_SIDE_PX = 3
@@ -273,6 +276,9 @@ def _light_background(g: np.ndarray) -> bool:
 
 def _background(g: np.ndarray) -> np.ndarray | float:
     """Background (paper) level of white-on-black `g`: a constant, or a smooth map when lighting is uneven."""
+    border = _border(g)
+    if float(np.ptp(border)) < BG_CLEAN:  # a clean canvas or scan: no lighting to model
+        return float(np.median(border))
     h, w = g.shape
     k = BG_SIDE / max(h, w)
     small = _resize(g, (max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BOX) if k < 1 else g
@@ -299,6 +305,7 @@ class _Ink:
     ink: np.ndarray  # float32 white-on-black in [0, 1] at working resolution, cleaned
     scale: float  # working pixels per source pixel
     contrast: float  # ink level above the paper, as a fraction of the paper-to-full-ink range
+    n_components: int  # 8-connected pieces of ink
 
 
 def _working_size(size: tuple[int, int]) -> tuple[tuple[int, int], float]:
@@ -331,22 +338,38 @@ def _prepare(gray: np.ndarray, scale: float = 1.0) -> _Ink:
     # Ink darkens paper by a factor (reflectance), so lighting gradients scale the ink's contrast too: divide
     # by the locally available range rather than only subtracting the background.
     r = (g - bg) / np.maximum(1 - np.asarray(bg, np.float32), 0.05)
-    sigma = 1.4826 * float(np.median(np.abs(r - np.median(r))))  # robust noise level: ink is a minority
+    sigma = _noise(r)
     peak = float(r.max())
     contrast = float(np.median(r[r >= 0.5 * peak])) if peak > 0 else 0.0
     if contrast < MIN_CONTRAST or contrast < MIN_SNR * sigma:
-        return _Ink(np.zeros_like(g), scale, max(contrast, 0.0))
+        return _Ink(np.zeros_like(g), scale, max(contrast, 0.0), 0)
     # Stretch so the typical strong ink is 1 (MNIST's cores are saturated), then cut the paper's noise.
     x = np.clip(r / contrast, 0, 1).astype(np.float32)
     x[x < min(0.5, max(NOISE_FLOOR, 4 * sigma / contrast))] = 0
-    return _Ink(_remove_specks(x), scale, contrast)
+    ink, n_components = _remove_specks(x)
+    return _Ink(ink, scale, contrast, n_components)
 
 
-def _remove_specks(x: np.ndarray) -> np.ndarray:
-    lab, n = ndi.label(x > 0, structure=EIGHT_CONNECTED)
+def _noise(r: np.ndarray) -> float:
+    """Robust noise level of `r` (ink is a minority): 1.4826 times its median absolute deviation."""
+    # Clean canvases and scans are mostly exactly paper (r == 0): then both medians are 0, no sorting needed.
+    if r.size - np.count_nonzero(r) > r.size // 2:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(r - np.median(r))))
+
+
+def _remove_specks(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """`x` without noise specks, and its number of 8-connected components."""
+    mask = x > 0
+    box = _ink_box(mask)
+    if box is None:
+        return x, 0
+    bx0, by0, bx1, by1 = box  # labelled on the ink's box only: every component lies inside it
+    lab, n = ndi.label(mask[by0:by1, bx0:bx1], structure=EIGHT_CONNECTED)
     if n <= 1:
-        return x
-    mass = np.asarray(ndi.sum_labels(x, lab, index=np.arange(1, n + 1)))
+        return x, n
+    sub = x[by0:by1, bx0:bx1]
+    mass = np.asarray(ndi.sum_labels(sub, lab, index=np.arange(1, n + 1)))
     big = mass >= SPECK_KEEP * mass.max()
     objs = ndi.find_objects(lab)
     y0 = min(objs[i][0].start for i in np.flatnonzero(big))
@@ -359,7 +382,11 @@ def _remove_specks(x: np.ndarray) -> np.ndarray:
         sy, sx = objs[i]
         # Broken strokes (a 5's flag, a 7's bar) sit next to the digit; noise specks anywhere else go.
         keep[i] = sy.start < y1 + m and sy.stop > y0 - m and sx.start < x1 + m and sx.stop > x0 - m
-    return np.where(np.concatenate([[False], keep])[lab], x, 0).astype(np.float32)
+    if keep.all():
+        return x, n
+    out = np.zeros_like(x)
+    out[by0:by1, bx0:bx1] = np.where(np.concatenate([[False], keep])[lab], sub, 0)
+    return out, int(keep.sum())
 
 
 # --------------------------------------------------------------------------------------------- measures
@@ -371,11 +398,65 @@ def stroke_width(image: np.ndarray) -> float:
     top = float(a.max()) if a.size else 0.0
     if top <= 0:
         return 0.0
-    mask = a >= 0.5 * top  # half-maximum: the anti-aliased edge counts half, as ink coverage would
-    depth = ndi.distance_transform_edt(mask)
-    ridge = mask & (depth >= ndi.maximum_filter(depth, size=3))
+    return _mask_stroke_width(a >= 0.5 * top)  # half-maximum: the anti-aliased edge counts half, as coverage would
+
+
+def _ink_box(mask: np.ndarray) -> Box | None:
+    """Bounding box (x0, y0, x1, y1) of the True pixels, None when there are none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _mask_stroke_width(mask: np.ndarray) -> float:
+    box = _ink_box(mask)
+    if box is None:
+        return 0.0
+    x0, y0, x1, y1 = box
+    return _crop_stroke_width(mask[y0:y1, x0:x1], _ring(box, mask.shape))
+
+
+def _ring(box: Box, shape: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Padding that puts a background ring around `box` except where it touches the image's edge."""
+    x0, y0, x1, y1 = box
+    return (int(y0 > 0), int(y1 < shape[0])), (int(x0 > 0), int(x1 < shape[1]))
+
+
+def _crop_stroke_width(crop: np.ndarray, ring: tuple[tuple[int, int], tuple[int, int]]) -> float:
+    """Stroke width of a mask cropped to (a box around) its ink; `ring` pads it as `_ring` says.
+
+    The distance transform costs O(pixels), hence the crop. It is exact: every pixel outside the box is
+    background, so the nearest background of a pixel inside is inside or on the ring; beyond the image's
+    edge the transform sees no background, hence no ring there.
+    """
+    if not crop.any():
+        return 0.0
+    m = np.pad(crop, ring)
+    depth = ndi.distance_transform_edt(m)
+    ridge = m & (depth >= ndi.maximum_filter(depth, size=3))
     # A stroke w px wide has centre depth (w+1)/2 for odd w and w/2 for even w; -0.5 splits the difference.
     return float(max(2 * depth[ridge].mean() - 0.5, 0.0))
+
+
+def _quick_stroke_width(a: np.ndarray, box: Box) -> float:
+    """stroke_width of `a` with its ink in `box`; measured on a copy shrunk to SW_SIDE px when the box is bigger."""
+    x0, y0, x1, y1 = box
+    crop = a[y0:y1, x0:x1]
+    top = float(crop.max())
+    mask = crop >= 0.5 * top
+    h, w = crop.shape
+    if max(h, w) > SW_SIDE:
+        # Shrink by at most enough to fit SW_SIDE, and only so far that strokes stay >= SW_MIN_PX wide, judged
+        # by the mask's area over half its perimeter (a stroke w wide and L long: wL / L).
+        edges = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
+        k = max(SW_SIDE / max(h, w), SW_MIN_PX * edges / (2 * max(1, np.count_nonzero(mask))))
+        if k < 0.75:
+            nw, nh = max(1, round(w * k)), max(1, round(h * k))
+            small = _resize(crop, (nw, nh), Image.Resampling.BOX)
+            return _crop_stroke_width(small >= 0.5 * top, _ring(box, a.shape)) * (w + h) / (nw + nh)
+    return _crop_stroke_width(mask, _ring(box, a.shape))
 
 
 @dataclass(frozen=True)
@@ -403,16 +484,25 @@ def ink_stats(ink: np.ndarray, *, contrast: float = 1.0) -> InkStats:
         raise ImageError(f"expected a 2-D image, got shape {a.shape}")
     if np.asarray(ink).dtype == np.uint8:
         a = a / 255
+    return _ink_stats(a, contrast, None)
+
+
+def _ink_stats(a: np.ndarray, contrast: float, n_comp: int | None) -> InkStats:
+    """ink_stats of float `a`; `n_comp`, when known, is its number of 8-connected components."""
     h, w = a.shape
     mask = a > 0
-    n_ink = int(mask.sum())
-    if n_ink == 0 or contrast < MIN_CONTRAST:
+    box = _ink_box(mask)
+    if box is None or contrast < MIN_CONTRAST:
         return InkStats("empty", "no ink", 0.0, 0, None, (0, 0), 0.0, float(contrast))
-    _, n_comp = ndi.label(mask, structure=EIGHT_CONNECTED)
-    ys, xs = np.nonzero(mask)
-    bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    bw, bh = bbox[2] - bbox[0], bbox[3] - bbox[1]
-    sw = stroke_width(a)
+    # Everything after this looks at the ink's box only: all ink (and so every component) lies inside it.
+    x0, y0, x1, y1 = box
+    crop, cmask = a[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+    if n_comp is None:
+        _, n_comp = ndi.label(cmask, structure=EIGHT_CONNECTED)
+    ys, xs = np.nonzero(cmask)
+    n_ink = int(ys.size)
+    bw, bh = x1 - x0, y1 - y0
+    sw = _quick_stroke_width(a, box)
     longer, short_side = max(bw, bh), min(h, w)
     reason = ""
     if longer < max(EMPTY_MIN_SIDE_PX, EMPTY_MIN_SIDE_FRAC * short_side):
@@ -421,10 +511,10 @@ def ink_stats(ink: np.ndarray, *, contrast: float = 1.0) -> InkStats:
         reason = "too little ink"
     elif longer <= DOT_RATIO * sw:
         reason = "a single dot"
-    elif _is_tilted_line(xs, ys, a[ys, xs]):
+    elif _is_tilted_line(xs + x0, ys + y0, crop[ys, xs]):
         reason = "a single line"
     return InkStats(
-        "empty" if reason else "ok", reason, n_ink / (h * w), int(n_comp), bbox, (bw, bh), sw, float(contrast)
+        "empty" if reason else "ok", reason, n_ink / (h * w), int(n_comp), box, (bw, bh), sw, float(contrast)
     )
 
 
@@ -449,8 +539,11 @@ def _disk(r: int) -> np.ndarray:
 
 
 def _crop(x: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(x)
-    return x[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    box = _ink_box(x != 0)
+    if box is None:
+        raise ValueError("no ink to crop to")
+    x0, y0, x1, y1 = box
+    return x[y0:y1, x0:x1]
 
 
 def _thin(crop: np.ndarray) -> np.ndarray:
@@ -566,7 +659,7 @@ def preprocess_array(gray: np.ndarray, *, thin: bool = False) -> Preprocessed:
 
 def _preprocess_gray(g: np.ndarray, scale: float, size: tuple[int, int], thin: bool) -> Preprocessed:
     prep = _prepare(g, scale)
-    stats = _in_source_pixels(ink_stats(prep.ink, contrast=prep.contrast), prep.scale, size)
+    stats = _in_source_pixels(_ink_stats(prep.ink, prep.contrast, prep.n_components), prep.scale, size)
     return _finish(_to_mnist(prep.ink, thin), stats, size)
 
 

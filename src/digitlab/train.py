@@ -84,9 +84,9 @@ def split_data(ds: Dataset, config: TrainConfig) -> tuple[Split, Split]:
     if train.labels is None:
         raise ConfigError(f"{ds.source}: training data has no labels")
     if config.limit is not None and config.limit < len(train):
-        keep, _ = stratified_split(train.labels, 1 - config.limit / len(train), config.seed)
+        keep, _ = stratified_split(train.labels, 1 - config.limit / len(train), config.effective_split_seed)
         train = train.subset(keep)
-    tr, va = stratified_split(train.labels, config.val_fraction, config.seed)
+    tr, va = stratified_split(train.labels, config.val_fraction, config.effective_split_seed)
     return train.subset(tr), train.subset(va)
 
 
