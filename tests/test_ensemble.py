@@ -56,8 +56,8 @@ def test_run_directory_layout(ens, members):
     member_cfgs = [read(m / "config.json") for m in members]
     assert [e["run"] for e in cfg["ensemble"]["members"]] == [str(m.resolve()) for m in members]
     assert [e["config"] for e in cfg["ensemble"]["members"]] == member_cfgs
-    assert cfg["ensemble"]["validation_split"] == {"data": "mnist", "limit": 1000, "val_fraction": 0.1, "split_seed": 42,
-                                                   "n": 100}  # fmt: skip
+    split = {"data": "mnist", "limit": 1000, "val_fraction": 0.1, "split_seed": 42, "n": 100}
+    assert cfg["ensemble"]["validation_split"] == split
     specs = config.model_args["members"]
     assert [s["model_args"] for s in specs] == [c["model_args"] for c in member_cfgs]
     assert [s["temperature"] for s in specs] == [read(m / "calibration.json")["temperature"] for m in members]
