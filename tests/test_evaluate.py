@@ -177,7 +177,10 @@ def test_evaluate_run_honours_calibration_temperature(evaluated_run: Path, tmp_p
     assert test["temperature"] == 0.05
     assert test["accuracy"] == before["accuracy"]  # a temperature never changes the argmax
     assert test["nll"] != pytest.approx(before["nll"])
-    assert "temperature 0.05" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "temperature 0.05" in report
+    assert test["uncalibrated"]["nll"] == pytest.approx(before["nll"])  # the same logits at T = 1
+    assert f"before temperature scaling: {before['nll']:.4f}" in report
 
 
 def write_idx_dir(directory: Path, images: np.ndarray, labels: np.ndarray) -> Path:

@@ -229,6 +229,9 @@ def evaluate_run(
     seconds = time.perf_counter() - t0
     probs = softmax(logits, temperature)
     test = compute_metrics(probs, split.labels)
+    if temperature != 1.0:  # what temperature scaling changed, on this same split (the fit used validation)
+        raw = compute_metrics(softmax(logits), split.labels)
+        test["uncalibrated"] = {"nll": raw["nll"], "ece": raw["ece"]}
     name = _dataset_name(spec)
     out_dir = rd.root if data is None else rd.root / "eval" / name
     test.update({
@@ -277,6 +280,14 @@ def _pct(x: float | None, digits: int = 2) -> str:
 
 def _num(x: Any, fmt: str = "{:,}") -> str:
     return "—" if x is None else fmt.format(x)
+
+
+def _before(test: dict[str, Any], key: str, fmt: str | None) -> str:
+    """' (before temperature scaling: X)' when the run is calibrated."""
+    raw = test.get("uncalibrated", {}).get(key)
+    if raw is None:
+        return ""
+    return f" (before temperature scaling: {_pct(raw) if fmt is None else fmt.format(raw)})"
 
 
 def confusion_markdown(confusion: list[list[int]]) -> str:
@@ -346,9 +357,11 @@ def write_report(
             "", "### Per class (scikit-learn `classification_report`)", "",
             "```", test["classification_report"].rstrip(), "```",
             "", "### Calibration", "",
-            f"- Negative log-likelihood (mean): {test['nll']:.4f}",
+            f"- Negative log-likelihood (mean): {test['nll']:.4f}" + _before(test, "nll", "{:.4f}"),
             f"- Expected calibration error ({test.get('ece_bins', ECE_BINS)} equal-width bins): "
-            f"{_pct(test['ece'])}",
+            f"{_pct(test['ece'])}" + _before(test, "ece", None),
+            *([f"- Temperature T = {test['temperature']:g}, fitted on the validation split after training "
+               "(`calibration.json`); the test set played no part in it."] if "uncalibrated" in test else []),
             "", "### Confusion matrix (rows: true digit, columns: predicted digit)", "",
             confusion_markdown(test["confusion"]),
         ]  # fmt: skip
