@@ -1,0 +1,39 @@
+"""The README's commands stay true: CI runs its two first-screen commands, and every `digitlab` line parses."""
+
+import re
+import shlex
+
+from typer.testing import CliRunner
+
+from conftest import REPO
+from digitlab.cli import app
+
+README = (REPO / "README.md").read_text()
+CI = (REPO / ".ci" / "run").read_text()
+
+
+def code_lines() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line]
+
+
+def test_first_screen_commands_are_what_ci_runs():
+    setup, tests = code_lines()[:2]
+    install = setup.split(" && .venv/bin/digitlab")[0]
+    assert install in CI and tests in CI
+    assert "digitlab train --preset fast" in setup
+
+
+def test_every_digitlab_command_in_the_readme_exists():
+    runner = CliRunner()
+    commands = [line for line in code_lines() if line.startswith("digitlab ")]
+    assert len(commands) >= 15
+    for line in commands:
+        words = shlex.split(line)[1:]
+        path = [w for w in words[:2] if not w.startswith("-") and w in {"data", "runs"}] or []
+        name = words[: len(path) + 1]
+        res = runner.invoke(app, [*name, "--help"])
+        assert res.exit_code == 0, (line, res.output)
+        for option in (w for w in words if w.startswith("--")):
+            assert option.split("=")[0] in res.output, (line, option)
