@@ -60,10 +60,6 @@ class RunDir:
     def calibration(self) -> Path:
         return self.root / "calibration.json"
 
-    @property
-    def log(self) -> Path:
-        return self.root / "train.log"
-
     def plot(self, name: str) -> Path:
         """`curves`, `confusion`, `errors`, `reliability` -> plots/<name>.png"""
         return self.plots / f"{name}.png"
