@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -243,21 +242,15 @@ def check_upload(data: bytes, name: str = "file") -> str | None:
     return None
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _pct(x: object, digits: int = 2) -> str:
     return f"{x:.{digits}%}" if isinstance(x, (int, float)) else "—"
 
 
 def model_facts(run: Path) -> dict[str, str]:
     """Headline figures of a run for the Model tab, as display strings ('—' where unknown)."""
-    m, cfg = read_json(run / "metrics.json"), read_json(run / "config.json")
+    from digitlab.rundir import read_json_lenient  # here, not at import: rundir pulls in torch
+
+    m, cfg = read_json_lenient(run / "metrics.json"), read_json_lenient(run / "config.json")
     test = m.get("test") or {}
     ci = test.get("accuracy_ci95")
     params = m.get("params")
@@ -482,8 +475,10 @@ def _show_reading(st: Any, result: ReadResult, image: Image.Image, model: nn.Mod
 
 
 def _model(st: Any, run: Path, info: dict[str, Any]) -> None:
+    from digitlab.rundir import read_json_lenient
+
     facts = model_facts(run)
-    metrics = read_json(run / "metrics.json")
+    metrics = read_json_lenient(run / "metrics.json")
     for col, label, key in zip(st.columns(4), ("Test accuracy", "Model", "Preset", "Parameters"),
                                ("test accuracy", "model", "preset", "parameters"), strict=True):  # fmt: skip
         col.metric(label, facts[key])
@@ -505,7 +500,7 @@ def _model(st: Any, run: Path, info: dict[str, Any]) -> None:
     if not shown:
         st.caption("No figures in this run's plots/ folder.")
     with st.expander("Training parameters"):
-        st.json(read_json(run / "config.json") or {"config.json": "missing"}, expanded=True)
+        st.json(read_json_lenient(run / "config.json") or {"config.json": "missing"}, expanded=True)
         st.caption(f"run directory: {run}")
         st.json({k: v for k, v in info.items() if k not in ("path",)}, expanded=False)
 

@@ -37,7 +37,7 @@ from torch import nn
 from digitlab.config import TrainConfig
 from digitlab.errors import ConfigError, RunDirError
 from digitlab.models import build_model, count_params
-from digitlab.rundir import RunDir, save_weights
+from digitlab.rundir import RunDir, read_json_lenient, save_weights
 
 # What `train.split_data` makes the training and validation split from: members must agree on all of them.
 SPLIT_FIELDS = ("data", "limit", "val_fraction", "split_seed")
@@ -121,14 +121,6 @@ def split_key(config: TrainConfig) -> dict[str, Any]:
     return key
 
 
-def _read_metrics(rd: RunDir) -> dict[str, Any]:
-    try:
-        data = json.loads(rd.metrics.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def load_members(runs: Sequence[Path | str]) -> list[Member]:
     """Check and load the member runs: >= 2 distinct finished runs sharing data and validation split."""
     from digitlab.evaluate import read_temperature
@@ -160,7 +152,7 @@ def load_members(runs: Sequence[Path | str]) -> list[Member]:
         except Exception as e:  # a corrupt or truncated file: report it in one line
             raise RunDirError(f"cannot load checkpoint {rd.best}: {' '.join(str(e).split())}") from None
         members.append(Member(rd, config, str(ckpt["model"]), dict(ckpt.get("model_args") or {}), ckpt["state_dict"],
-                              read_temperature(rd), _read_metrics(rd)))  # fmt: skip
+                              read_temperature(rd), read_json_lenient(rd.metrics)))  # fmt: skip
     return members
 
 

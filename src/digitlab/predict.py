@@ -11,7 +11,6 @@ forward pass (with the run's test-time augmentation), the run's temperature (cal
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from digitlab.calibrate import OodRule, ink_fraction, logit_score, read_calibrat
 from digitlab.errors import ConfigError, DigitlabError, RunDirError
 from digitlab.evaluate import TTA_SHIFTS, softmax
 from digitlab.preprocess import Box, ImageSource, Preprocessed, preprocess, segment_digits
-from digitlab.rundir import RunDir
+from digitlab.rundir import RunDir, read_json_lenient
 
 __all__ = ["BACKENDS", "Prediction", "Predictor", "ReadDigit", "ReadResult", "tta_logits"]
 
@@ -115,14 +114,6 @@ def tta_logits(
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
 
-def _read_json_lenient(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _is_batch(images: Any) -> bool:
     if isinstance(images, (list, tuple)):
         return True
@@ -181,7 +172,7 @@ class Predictor:
         cal = read_calibration(rd)
         temperature = float(cal.get("temperature", 1.0))
         ood = OodRule.from_dict(cal["ood"]) if isinstance(cal.get("ood"), dict) and "threshold" in cal["ood"] else None
-        metrics = _read_json_lenient(rd.metrics)
+        metrics = read_json_lenient(rd.metrics)
         info = {
             "run": rd.root.resolve().name,
             "path": str(rd.root),

@@ -89,6 +89,15 @@ class RunDir:
         tmp.replace(path)
 
 
+def read_json_lenient(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when it is missing, unreadable or not an object (for display only)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def save_weights(path: Path, model: nn.Module, config: TrainConfig, **extra: Any) -> None:
     """A self-describing checkpoint: the model's name and arguments travel with its weights."""
     path.parent.mkdir(parents=True, exist_ok=True)
