@@ -185,6 +185,13 @@ def machine() -> dict:
     return {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2), "python": sys.version.split()[0]}
 
 
+def write_json(path: Path | None, result: dict) -> None:
+    """Save a benchmark's figures when --out was given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="run directory to serve")
@@ -243,9 +250,7 @@ def main() -> int:
         "{decode_preprocess_model} ms; GET /healthz round trip p50 {healthz_roundtrip_p50} ms (HTTP and framework "
         "overhead)".format(**result["breakdown_mean_ms"])
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return 1 if errors else 0
 
 

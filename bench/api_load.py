@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from api_latency import canvas_png, machine, server, summarize_ms, tree_rss_bytes
+from api_latency import canvas_png, machine, server, summarize_ms, tree_rss_bytes, write_json
 
 
 async def load(url: str, image: bytes, clients: int, duration: float, on_sample, sample_every: float) -> dict:
@@ -115,9 +114,7 @@ def main() -> int:
           f"{result['server_rss_mb']['end']} MiB ({growth_mb:+.1f}); exit code after SIGTERM "
           f"{result['server_exit_code']}; load avg {result['machine']['load_avg_1m']} -> "
           f"{'ok' if ok else 'FAIL'}")  # fmt: skip
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return 0 if ok else 1
 
 

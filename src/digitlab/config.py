@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -121,7 +120,3 @@ def get_preset(name: str) -> TrainConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
-
-
-def config_fields() -> list[dataclasses.Field]:
-    return list(fields(TrainConfig))

@@ -152,12 +152,15 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(s, h)
 
 
-def _evaluate_split(model: nn.Module, split: Split, config: TrainConfig, device: torch.device) -> dict[str, float]:
-    logits = torch.from_numpy(predict_logits(model, split.images, tta=False, device=device))
+def _evaluate_split(
+    model: nn.Module, split: Split, device: torch.device, tta: bool = False
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Loss and accuracy on a labelled split, and the logits they came from."""
+    logits = torch.from_numpy(predict_logits(model, split.images, tta=tta, device=device))
     labels = torch.from_numpy(split.labels)
     loss = F.cross_entropy(logits, labels).item()
     acc = (logits.argmax(1) == labels).float().mean().item()
-    return {"loss": loss, "accuracy": acc}
+    return {"loss": loss, "accuracy": acc}, logits
 
 
 def _append_history(path: Path, row: dict[str, Any]) -> None:
@@ -385,7 +388,7 @@ def _fit(
         improved = False
         if validate:
             # Rank 0 validates and broadcasts, so every rank takes the same scheduler/early-stopping decisions.
-            val = _evaluate_split(model, val_split, config, device) if dd.is_main else {"loss": 0.0, "accuracy": 0.0}
+            val = _evaluate_split(model, val_split, device)[0] if dd.is_main else {"loss": 0.0, "accuracy": 0.0}
             val["loss"], val["accuracy"] = dd.broadcast([val["loss"], val["accuracy"]])
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             if config.schedule == "plateau":
@@ -448,10 +451,8 @@ def finish_run(
     best = load_model(rd, device=device)
     val = {"accuracy": None, "loss": None}
     if len(val_split):
-        logits = torch.from_numpy(predict_logits(best, val_split.images, tta=config.tta, device=device))
-        labels = torch.from_numpy(val_split.labels)
-        val = {"accuracy": (logits.argmax(1) == labels).float().mean().item(),
-               "loss": F.cross_entropy(logits, labels).item(), "n": len(labels), "tta": config.tta}  # fmt: skip
+        val, logits = _evaluate_split(best, val_split, device, tta=config.tta)
+        val.update(n=len(val_split), tta=config.tta)
     metrics = {
         "preset": config.preset,
         "model": config.model,
