@@ -23,6 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--split-seed", type=int, default=None, help="one validation split for all (ensembles)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--runs", type=Path, default=None, help="keep run directories here (default: temporary)")
     args = parser.parse_args()
@@ -31,7 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.runs or Path(tmp)
         for seed in args.seeds:
-            config = get_preset(args.preset).override(seed=seed)
+            config = get_preset(args.preset).override(seed=seed, split_seed=args.split_seed)
             t0 = time.perf_counter()
             m = train(config, root / f"{args.preset}-{seed}").metrics
             rows.append({"seed": seed, "test_accuracy": m["test"]["accuracy"], "val_accuracy": m["val"]["accuracy"],
@@ -45,6 +46,7 @@ def main() -> None:
     summary = {
         "preset": args.preset,
         "seeds": args.seeds,
+        "split_seed": args.split_seed,
         "test_accuracy_mean": statistics.mean(acc),
         "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
         "train_seconds_mean": statistics.mean(sec),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from digitlab.augment import apply_affine, random_affine, sample_affine, shift_batch
+from digitlab.augment import apply_affine, elastic_offsets, random_affine, sample_affine, shift_batch
 from digitlab.errors import ConfigError
 from digitlab.models import build_model, count_params
 
@@ -74,3 +74,22 @@ def test_shift_batch_moves_by_whole_pixels():
     x = torch.zeros(1, 1, 28, 28)
     x[..., 5, 5] = 1
     assert shift_batch(x, 2, -1)[0, 0, 4, 7] == 1
+
+
+def test_elastic_field_is_smooth_seeded_and_sized_like_simards():
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    a, b = elastic_offsets(500, 28, 28, 34, 4, g()), elastic_offsets(500, 28, 28, 34, 4, g())
+    assert a.shape == (500, 28, 28, 2) and torch.equal(a, b)
+    px = a * 14  # affine_grid units -> pixels on a 28-pixel side
+    assert 0.9 < px.std().item() < 1.6 and abs(px.mean().item()) < 0.05
+    # smooth: neighbouring pixels move together, far more than independent noise would
+    assert torch.corrcoef(torch.stack([px[:, 10, 10, 0], px[:, 10, 11, 0]]))[0, 1] > 0.9
+    assert torch.equal(elastic_offsets(2, 28, 28, 0, 4), torch.zeros(2, 28, 28, 2))
+
+
+def test_elastic_distortion_moves_ink_but_keeps_it():
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, :, 6:22, 12:16] = 1
+    y = random_affine(x, 0, 0, 0, torch.Generator().manual_seed(0), elastic=34)
+    assert (y - x).abs().sum() > 0.05 * x.sum()
+    assert abs(y.sum().item() - x.sum().item()) < 0.1 * x.sum().item()

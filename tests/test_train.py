@@ -20,7 +20,7 @@ TINY = dict(limit=600, epochs=2, batch_size=64, test_limit=200)
 
 
 def tiny(preset: str = "fast", **changes):
-    small = {"model_args": {"widths": [8, 16, 32]}} if preset == "fast" else {}
+    small = {"model_args": {"widths": [8, 16, 32]}} if preset in ("fast", "accurate") else {}
     return get_preset(preset).override(**{**TINY, **small, **changes})
 
 
@@ -44,7 +44,7 @@ def test_same_seed_gives_identical_results(tmp_path, mnist):
     assert r3.history[0]["train_loss"] != r1.history[0]["train_loss"]
 
 
-@pytest.mark.parametrize("preset", ["fast", "seed"])
+@pytest.mark.parametrize("preset", ["fast", "seed", "accurate"])  # accurate: the EMA state resumes too
 def test_resume_after_a_stop_ends_with_the_same_weights(tmp_path, mnist, preset):
     config = tiny(preset, epochs=3)
     train(config, tmp_path / "full", dataset=mnist, evaluate_test=False)
@@ -146,3 +146,37 @@ def test_split_seed_fixes_the_validation_split_across_run_seeds(mnist):
     b = split_data(mnist, tiny(seed=2, split_seed=5))[1]
     c = split_data(mnist, tiny(seed=2))[1]
     assert np.array_equal(a.images, b.images) and not np.array_equal(b.images, c.images)
+
+
+def test_ema_weights_are_the_ones_kept_and_their_gain_is_recorded(tmp_path, mnist):
+    r = train(tiny("accurate", epochs=2), tmp_path / "r", dataset=mnist, evaluate_test=False)
+    ablation = r.metrics["val_ablation"]  # validation only: what the EMA and TTA bought in this run
+    assert set(ablation) == {"without_ema", "without_tta"} and all(0 <= v <= 1 for v in ablation.values())
+    best, raw = weights(tmp_path / "r"), weights(tmp_path / "r", "last")
+    assert best.keys() == raw.keys()
+    assert any(not torch.equal(best[k], raw[k]) for k in best if k.endswith("weight"))  # the average, not the last step
+    ema = torch.load(tmp_path / "r" / "checkpoint" / "last.pt", weights_only=False)["ema"]
+    assert all(torch.equal(best[k], ema["module." + k]) for k in best)
+
+
+def test_ema_update_warms_up_then_holds_its_decay():
+    from digitlab.train import ema_update
+
+    f = ema_update(0.999)
+    one, zero = torch.ones(1), torch.zeros(1)
+    assert f(zero, one, torch.tensor(0)).item() == pytest.approx(0.9)  # d = 1/10 at the first step
+    assert f(zero, one, torch.tensor(10**6)).item() == pytest.approx(0.001)
+
+
+def test_cli_set_changes_any_field_and_no_test_skips_the_test_set(tmp_path):
+    out = tmp_path / "r"
+    sets = ["--set", "elastic=3", "--set", "ema=null", "--set", 'model_args={"widths": [4, 8, 8]}']
+    res = run_cli("train", "--preset", "fast", "--limit", "400", "--epochs", "1", *sets, "--no-test", "--out", out)
+    assert res.returncode == 0, res.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["elastic"] == 3 and config["ema"] is None and config["model_args"] == {"widths": [4, 8, 8]}
+    assert "test" not in json.loads((out / "metrics.json").read_text())
+    res = run_cli("train", "--preset", "fast", "--set", "turbo=1", "--out", tmp_path / "x")
+    assert res.returncode == 1 and "unknown config field(s): turbo" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("train", "--preset", "fast", "--set", "elastic", "--out", tmp_path / "y")
+    assert res.returncode == 1 and "--set takes key=value" in res.stderr

@@ -1,4 +1,4 @@
-"""Batched random affine augmentation (rotation, zoom, translation) with per-sample parameters."""
+"""Batched random augmentation: affine (rotation, zoom, translation) and elastic distortion, per sample."""
 
 from __future__ import annotations
 
@@ -44,19 +44,63 @@ def affine_matrices(p: AffineParams) -> torch.Tensor:
     return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
 
 
-def apply_affine(x: torch.Tensor, p: AffineParams) -> torch.Tensor:
-    """Warp a batch (N, C, H, W) with bilinear sampling; outside pixels are black (0), as MNIST's background."""
+def elastic_offsets(
+    n: int,
+    h: int,
+    w: int,
+    alpha: float,
+    sigma: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Smooth random displacement fields (N, H, W, 2) in `affine_grid` units (Simard et al. 2003).
+
+    Uniform noise in [-1, 1] per pixel and axis, Gaussian-blurred with `sigma` pixels, scaled by `alpha` pixels:
+    with Simard's alpha=34, sigma=4 pixels move by about 1.4 px (standard deviation), smoothly.
+    """
+    noise = torch.rand(n, 2, h, w, generator=generator, device=device) * 2 - 1
+    radius = max(1, int(round(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=noise.dtype, device=noise.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    # Separable blur, each axis its own channel group; zero padding keeps the field small at the border.
+    field = F.conv2d(noise, k.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, radius), groups=2)
+    field = F.conv2d(field, k.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(radius, 0), groups=2)
+    scale = torch.tensor([2 * alpha / w, 2 * alpha / h], dtype=noise.dtype, device=noise.device)  # px -> [-1, 1]
+    return field.permute(0, 2, 3, 1) * scale
+
+
+def apply_affine(x: torch.Tensor, p: AffineParams, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Warp a batch (N, C, H, W) with bilinear sampling; outside pixels are black (0), as MNIST's background.
+
+    `offsets` (N, H, W, 2), if given, displace the sampling grid further (elastic distortion): one resampling.
+    """
     grid = F.affine_grid(affine_matrices(p).to(x.dtype), list(x.shape), align_corners=False)
+    if offsets is not None:
+        grid = grid + offsets.to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def random_affine(
-    x: torch.Tensor, rotate: float, zoom: float, translate: float, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    rotate: float,
+    zoom: float,
+    translate: float,
+    generator: torch.Generator | None = None,
+    elastic: float = 0.0,
+    elastic_sigma: float = 4.0,
 ) -> torch.Tensor:
-    """Augment a whole batch at once: one grid_sample call, no per-image Python."""
-    if rotate == 0 and zoom == 0 and translate == 0:
+    """Augment a whole batch at once: one grid_sample call, no per-image Python.
+
+    `elastic` is the elastic distortion's strength in pixels (0: none), `elastic_sigma` its smoothness.
+    """
+    if rotate == 0 and zoom == 0 and translate == 0 and elastic == 0:
         return x
-    return apply_affine(x, sample_affine(len(x), rotate, zoom, translate, generator, x.device))
+    p = sample_affine(len(x), rotate, zoom, translate, generator, x.device)
+    offsets = None
+    if elastic:
+        offsets = elastic_offsets(len(x), *x.shape[-2:], elastic, elastic_sigma, generator, x.device)
+    return apply_affine(x, p, offsets)
 
 
 def shift_batch(x: ArrayT, dx: int, dy: int) -> ArrayT:

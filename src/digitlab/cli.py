@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
-from digitlab.errors import DigitlabError
+from digitlab.errors import ConfigError, DigitlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and serve digit recognizers.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, download and export datasets.")
@@ -78,7 +80,7 @@ class RichReporter:
 
 @app.command()
 def train(
-    preset: str = typer.Option("seed", help="Named preset: seed (the reference model) or fast."),
+    preset: str = typer.Option("seed", help="Named preset: seed (the reference model), fast or accurate."),
     out: Path = typer.Option(None, "--out", help="Run directory to create (default runs/<preset>-<seed>)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
     data: str = typer.Option(None, help="Dataset name (mnist, fashion-mnist) or path (IDX dir, CSV, folder)."),
@@ -94,6 +96,10 @@ def train(
     threads: int = typer.Option(None, help="CPU threads for torch."),
     padding: str = typer.Option(None, help="seed model only: 'valid' (Keras default) or 'same'."),
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help="torchrun: synchronise BatchNorm across ranks."),
+    set_: list[str] = typer.Option(  # noqa: B008
+        None, "--set", help="Any config field, e.g. --set elastic=0 --set ema=null (JSON values; repeatable)."
+    ),
+    test: bool = typer.Option(True, "--test/--no-test", help="Evaluate on the test set (off for ablations)."),
 ) -> None:
     """Train a model into a run directory, then evaluate it on the official test set."""
     from digitlab.config import get_preset
@@ -110,13 +116,13 @@ def train(
             data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
             limit=limit, test_limit=test_limit, device=device, threads=threads, model_args=model_args,
             sync_bn=sync_bn, split_seed=split_seed,
-        )  # fmt: skip
+        ).set(**_parse_sets(set_ or []))  # fmt: skip
         out = out or Path("runs") / f"{config.preset}-{config.seed}"
         if current_rank() == 0:
             console.print(f"[bold]training[/] preset={config.preset} model={config.model} seed={config.seed} → {out}")
     reporter = RichReporter()
     try:
-        result = run_training(config, out, resume=resume is not None, reporter=reporter)
+        result = run_training(config, out, resume=resume is not None, reporter=reporter, evaluate_test=test)
     except Interrupted:
         reporter.close()
         if current_rank() == 0:
@@ -126,6 +132,20 @@ def train(
         reporter.close()
     if current_rank() == 0:
         _print_summary(result.metrics, out)
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values are JSON (numbers, null, lists), anything else is a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes key=value, not {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
 
 
 def _print_summary(m: dict, out: Path) -> None:

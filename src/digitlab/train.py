@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from digitlab.augment import random_affine
@@ -131,6 +132,17 @@ def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig, steps_per_ep
     raise ConfigError(f"unknown schedule {config.schedule!r}; choose plateau or onecycle")
 
 
+def ema_update(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """EMA step for `AveragedModel` with a warm-up: the decay ramps as (1+n)/(10+n) up to `decay`, so that the
+    average forgets the random initial weights within a short run too."""
+
+    def update(avg: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        return avg * d + current * (1 - d)
+
+    return update
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[Callable[[], bool]]:
     """Turn SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
@@ -202,14 +214,15 @@ class _State:
             setattr(self, k, v)
 
 
-def _save_last(rd: RunDir, model, opt, sched, scaler, state: _State, rng: list[dict], config: TrainConfig) -> None:
+def _save_last(rd: RunDir, model, opt, sched, scaler, ema, state: _State, rng: list[dict], config: TrainConfig) -> None:
     path = rd.last
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({
         "model": config.model, "model_args": config.model_args, "state_dict": model.state_dict(),
         "config": json.loads(config.to_json()), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(), "state": state.to_dict(), "rng": rng,
+        "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+        "state": state.to_dict(), "rng": rng,
     }, tmp)  # fmt: skip
     tmp.replace(path)
 
@@ -300,6 +313,8 @@ def _fit(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if dd.enabled \
         else model  # fmt: skip
+    # The EMA copy is what gets validated and saved; the raw weights only train (and are scored once, at the end).
+    ema = AveragedModel(model, avg_fn=ema_update(config.ema), use_buffers=True) if config.ema else None
     opt = make_optimizer(model, config)
     sched = make_scheduler(opt, config, steps_per_epoch)
     amp_dtype = autocast_dtype(config.precision, device)
@@ -318,6 +333,8 @@ def _fit(
         sched.load_state_dict(ckpt["scheduler"])
         if "scaler" in ckpt:  # absent in checkpoints written before AMP support
             scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         state.load(ckpt["state"])
         saved = ckpt.get("rng", [ckpt])  # per-rank RNG states (files from before torchrun support: top level)
         if len(saved) != dd.world_size:
@@ -333,9 +350,10 @@ def _fit(
     def save_last() -> None:
         states = dd.gather(_rng_states(gen))
         if dd.is_main:
-            _save_last(rd, model, opt, sched, scaler, state, states, config)
+            _save_last(rd, model, opt, sched, scaler, ema, state, states, config)
         dd.barrier()
 
+    final = ema.module if ema is not None else model  # the weights that are validated and kept
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
         if state.perm is None:
@@ -350,8 +368,8 @@ def _fit(
         t0 = time.perf_counter()
         while state.step < steps_per_epoch:
             idx = state.perm[state.step * batch : (state.step + 1) * batch].to(device)
-            x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate, gen if device.type == "cpu"
-                              else None)  # fmt: skip
+            x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate,
+                              gen if device.type == "cpu" else None, config.elastic, config.elastic_sigma)  # fmt: skip
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx]
@@ -362,6 +380,8 @@ def _fit(
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(model)
             if config.schedule == "onecycle":
                 sched.step()
             state.step += 1
@@ -388,7 +408,7 @@ def _fit(
         improved = False
         if validate:
             # Rank 0 validates and broadcasts, so every rank takes the same scheduler/early-stopping decisions.
-            val = _evaluate_split(model, val_split, device)[0] if dd.is_main else {"loss": 0.0, "accuracy": 0.0}
+            val = _evaluate_split(final, val_split, device)[0] if dd.is_main else {"loss": 0.0, "accuracy": 0.0}
             val["loss"], val["accuracy"] = dd.broadcast([val["loss"], val["accuracy"]])
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             if config.schedule == "plateau":
@@ -403,7 +423,7 @@ def _fit(
         state.train_seconds += time.perf_counter() - t0
         row["seconds"] = round(state.train_seconds, 3)
         if improved and dd.is_main:
-            save_weights(rd.best, model, config, epoch=epoch, val=row.get("val_accuracy"))
+            save_weights(rd.best, final, config, epoch=epoch, val=row.get("val_accuracy"))
         if dd.is_main:
             _append_history(rd.history, row)
         state.epoch, state.step, state.perm = epoch, 0, None
@@ -421,12 +441,13 @@ def _fit(
     if not dd.is_main:
         return TrainResult(rd, {})
     if not rd.best.exists():  # validated only at the end and never improved: keep the final weights
-        save_weights(rd.best, model, config, epoch=state.epoch)
+        save_weights(rd.best, final, config, epoch=state.epoch)
     distributed = None
     if dd.enabled:
         distributed = {"world_size": dd.world_size, "backend": dd.backend, "global_batch": config.batch_size,
                        "per_rank_batch": batch, "sync_bn": config.sync_bn, "weights_identical": identical}  # fmt: skip
-    metrics = finish_run(rd, config, model, val_split, state, device, evaluate_test, distributed)
+    raw = model if ema is not None else None
+    metrics = finish_run(rd, config, final, val_split, state, device, evaluate_test, distributed, raw)
     return TrainResult(rd, metrics, _read_history(rd.history))
 
 
@@ -444,8 +465,12 @@ def finish_run(
     device: torch.device,
     evaluate_test: bool,
     distributed: dict | None = None,
+    raw: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Write metrics.json for the best checkpoint (validation figures), then the test evaluation and report."""
+    """Write metrics.json for the best checkpoint (validation figures), then the test evaluation and report.
+
+    `val_ablation` records what TTA and the EMA (`raw`: the final weights without it) buy on validation.
+    """
     from digitlab.rundir import load_model
 
     best = load_model(rd, device=device)
@@ -466,6 +491,14 @@ def finish_run(
         "device": device_description(device),
         "threads": torch.get_num_threads(),
     }
+    if len(val_split):
+        ablation = {}
+        if config.tta:
+            ablation["without_tta"] = _evaluate_split(best, val_split, device)[0]["accuracy"]
+        if raw is not None:
+            ablation["without_ema"] = _evaluate_split(raw, val_split, device, tta=config.tta)[0]["accuracy"]
+        if ablation:
+            metrics["val_ablation"] = ablation
     if distributed:
         metrics["distributed"] = distributed
     rd.write_json(rd.metrics, metrics)
