@@ -130,6 +130,7 @@ def test_run_directory_layout_and_metrics_keys(tiny_run):
     assert m["torch"] == torch.__version__ and m["device"].startswith("cpu")
     report = (tiny_run / "report.md").read_text()
     assert "official test set" in report.lower()
+    assert f"| Validation without TTA | {100 * m['val_ablation']['without_tta']:.2f}% |" in report
 
 
 def test_config_round_trips_through_the_run_directory(tiny_run):

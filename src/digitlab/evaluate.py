@@ -333,6 +333,10 @@ def write_report(
         ("Validation accuracy", _pct(val.get("accuracy"))
          + (f" (loss {val['loss']:.4f})" if val.get("loss") is not None else "")),
     ]  # fmt: skip
+    ablation = metrics.get("val_ablation") or {}
+    for key, label in (("without_tta", "Validation without TTA"), ("without_ema", "Validation without the EMA")):
+        if key in ablation:  # what each trick bought, on validation (the test set chose nothing)
+            rows.append((label, _pct(ablation[key])))
     lines += [f"| {k} | {'—' if v is None else v} |" for k, v in rows]
 
     if test:
