@@ -126,7 +126,10 @@ def train(
     except Interrupted:
         reporter.close()
         if current_rank() == 0:
-            err_console.print(f"interrupted: checkpoint saved; continue with `digitlab train --resume {out}`")
+            # soft_wrap: Rich would otherwise break the line at 80 columns when stderr is no terminal (torchrun,
+            # logs), splitting the command the user is meant to copy
+            err_console.print(f"interrupted: checkpoint saved; continue with `digitlab train --resume {out}`",
+                              highlight=False, soft_wrap=True)  # fmt: skip
         raise typer.Exit(130) from None
     finally:
         reporter.close()
