@@ -1,11 +1,13 @@
 """Single-image latency of the REST API, measured by a client over loopback.
 
-    OMP_NUM_THREADS=1 python bench/api_latency.py runs/fast [--requests 1000] [--out bench/results/api_latency.json]
+    OMP_NUM_THREADS=1 python bench/api_latency.py runs/fast [--requests 1000] [--tta on|off] [--out FILE.json]
 
 Starts `digitlab serve RUN` on a free port (onnxruntime when the run has model.onnx), then posts one 280x280
 canvas PNG as multipart field `file` to /v1/predict, one request at a time, each on a new TCP connection
 (http.client: little client overhead), and reports p50/p90/p99 client-side latency, the server's RSS and its
 exit code after SIGTERM. Target (issue): p50 <= 3 ms, p99 <= 10 ms. Exit code 1 on any failed request.
+`--tta` picks the server's test-time augmentation (default off, as `digitlab serve` does; on: five forward
+passes per image).
 The helpers here (server start/stop, canvas PNG, RSS) are shared with bench/api_load.py.
 """
 
@@ -199,12 +201,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured requests first")
     parser.add_argument("--backend", default=None, help="onnx, onnx-int8 or torch (default: the server's choice)")
     parser.add_argument("--endpoint", default="/v1/predict", help="/v1/predict or /v1/read")
+    parser.add_argument("--tta", choices=["on", "off"], default="off", help="the server's test-time augmentation")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
     body, content_type = multipart("file", "canvas.png", canvas_png())
     headers = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close"}
-    with server(args.run, backend=args.backend) as srv:
+    with server(args.run, backend=args.backend, extra=["--tta" if args.tta == "on" else "--no-tta"]) as srv:
         port = srv["port"]
         rss_start = tree_rss_bytes(srv["pid"])
         model = json.loads(_get(port, "/v1/model")[1])
@@ -228,7 +231,8 @@ def main() -> int:
 
     figures = summarize_ms(times)
     result = {
-        "bench": "api_latency", "run": str(args.run), "backend": model.get("backend"), "endpoint": args.endpoint,
+        "bench": "api_latency", "run": str(args.run), "backend": model.get("backend"), "tta": model.get("tta"),
+        "endpoint": args.endpoint,
         "image": "280x280 canvas PNG, multipart, new connection per request", "requests": len(times),
         "errors": errors, "statuses": {str(k): v for k, v in sorted(statuses.items())}, **figures,
         "target": {"p50_ms": TARGET_P50_MS, "p99_ms": TARGET_P99_MS},
@@ -240,7 +244,7 @@ def main() -> int:
     }  # fmt: skip
     verdict = "met" if result["meets_target"] else "MISSED"
     rss = result["server_rss_mb"]
-    print(f"{args.endpoint} ({result['backend']}), {len(times)} requests, new connection each: "
+    print(f"{args.endpoint} ({result['backend']}, TTA {args.tta}), {len(times)} requests, new connection each: "
           f"p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
           f"(target p50 <= {TARGET_P50_MS:g}, p99 <= {TARGET_P99_MS:g}: {verdict}); errors {errors}; "
           f"server RSS {rss['start']} -> {rss['end']} MiB; exit code after SIGTERM {result['server_exit_code']}; "

@@ -31,8 +31,18 @@ from PIL import Image
 from schemathesis import GenerationMode
 
 from conftest import REPO
-from digitlab.api import API_KEY_ENV, MODEL_FILES, SETTINGS_ENV, ApiSettings, JsonFormatter, create_app, example_png
-from digitlab.errors import RunDirError
+from digitlab.api import (
+    API_KEY_ENV,
+    MODEL_FILES,
+    SETTINGS_ENV,
+    TTA_ENV,
+    ApiSettings,
+    JsonFormatter,
+    app_from_env,
+    create_app,
+    example_png,
+)
+from digitlab.errors import ConfigError, RunDirError
 from digitlab.export import export_onnx
 from digitlab.predict import Predictor
 
@@ -546,6 +556,32 @@ def test_fuzz_no_5xx_and_responses_match_the_schema(fuzz_schema, method, path, m
 
 
 # ------------------------------------------------------------------------------------------------ real server
+
+
+def test_tta_setting_from_settings_env_and_cli(run, monkeypatch):
+    """Serving runs without test-time augmentation unless told: settings, $DIGITLAB_TTA, `serve --tta`."""
+    assert ApiSettings(run=run).tta is False
+    env = {SETTINGS_ENV: json.dumps({"run": str(run)})}
+    assert ApiSettings.from_env({**env, TTA_ENV: "1"}).tta is True
+    assert ApiSettings.from_env({**env, TTA_ENV: "off"}).tta is False
+    assert ApiSettings.from_env({**env, TTA_ENV: "run"}).tta is None
+    given = {SETTINGS_ENV: json.dumps({"run": str(run), "tta": False}), TTA_ENV: "on"}
+    assert ApiSettings.from_env(given).tta is False  # the settings win over the variable
+    with pytest.raises(ConfigError, match=TTA_ENV):
+        ApiSettings.from_env({**env, TTA_ENV: "maybe"})
+    for options, expected in (({}, False), ({"tta": True}, True), ({"tta": None}, True)):  # None: the run's (on)
+        with serving(run, **options) as c:
+            assert c.get("/v1/model").json()["tta"] is expected, options
+    monkeypatch.setenv(SETTINGS_ENV, json.dumps({"run": str(run)}))
+    monkeypatch.setenv(TTA_ENV, "true")
+    with TestClient(app_from_env()) as c:
+        wait_ready(c)
+        assert c.get("/v1/model").json()["tta"] is True
+    from typer.testing import CliRunner
+
+    from digitlab.cli import app as cli_app
+
+    assert "--no-tta" in CliRunner().invoke(cli_app, ["serve", "--help"]).output
 
 
 def free_port() -> int:

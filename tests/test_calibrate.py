@@ -63,6 +63,12 @@ def test_scores_and_ink_fraction():
     images = np.zeros((2, 28, 28), np.uint8)
     images[1, :14] = 200  # half the image bright
     assert ink_fraction(images).tolist() == [0.0, 0.5]
+    # the energy is scipy's logsumexp to the last bit (the OOD threshold was fitted with it)
+    from scipy.special import logsumexp
+
+    z = np.random.default_rng(0).normal(0, 8, (500, 10))
+    z[0] = 3.0  # ties for the maximum
+    assert np.array_equal(logit_score(z, "energy", 0.4), 0.4 * logsumexp(z / 0.4, axis=1))
 
 
 def test_fit_ood_keeps_the_target_share_of_digits_and_rejects_noise():

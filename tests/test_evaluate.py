@@ -105,6 +105,10 @@ def test_softmax_and_temperature():
     assert softmax(logits, temperature=100.0)[0].max() < p[0].max()  # a higher temperature softens
     with pytest.raises(ValueError):
         softmax(logits, temperature=0.0)
+    from scipy.special import softmax as scipy_softmax
+
+    z = np.random.default_rng(0).normal(0, 8, (500, 10))
+    assert np.array_equal(softmax(z, 0.4), scipy_softmax(z / 0.4, axis=1))  # the same bits as scipy's
 
 
 def test_bad_inputs_raise_user_errors():

@@ -220,3 +220,35 @@ def test_cli_read_json(run, mnist, tmp_path):
     out = json.loads(r.stdout)
     assert out["file"] == str(tmp_path / "number.png") and len(out["text"]) == 3
     assert [len(d["box"]) for d in out["digits"]] == [4, 4, 4]
+
+
+# --------------------------------------------------------------------------------------------- TTA switch
+
+
+def test_tta_switch_follows_the_run_unless_told(run, digits):
+    from digitlab.evaluate import predict_logits
+    from digitlab.rundir import load_model
+
+    model = load_model(run)
+    default = Predictor.from_run(run)  # None: the run's config (the fast preset uses TTA)
+    on, off = Predictor.from_run(run, tta=True), Predictor.from_run(run, tta=False)
+    assert default.tta is True and on.tta is True and off.tta is False
+    assert (default.info["tta"], on.info["tta"], off.info["tta"]) == (True, True, False)
+    assert np.allclose(on.logits_array(digits), predict_logits(model, digits, tta=True), atol=1e-5)
+    assert np.allclose(off.logits_array(digits), predict_logits(model, digits, tta=False), atol=1e-5)
+    assert not np.allclose(on.logits_array(digits), off.logits_array(digits), atol=1e-5)
+    # the same temperature and "not a digit" rule either way: only the forward pass changes
+    assert (on.temperature, on.ood) == (off.temperature, off.ood)
+
+
+def test_cli_predict_tta_switch(run, digits, tmp_path):
+    (tmp_path / "one.png").write_bytes(png_bytes(digits[0]))
+    expected = {}
+    for tta in (True, False):
+        [p] = Predictor.from_run(run, tta=tta).predict(str(tmp_path / "one.png"))
+        expected[tta] = p.probabilities
+    assert expected[True] != pytest.approx(expected[False], abs=1e-7)
+    for flags, tta in (((), False), (("--no-tta",), False), (("--tta",), True)):  # serving default: off
+        r = run_cli("predict", run, "one.png", "--format", "json", *flags, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)[0]["probabilities"] == pytest.approx(expected[tta], abs=1e-6), flags

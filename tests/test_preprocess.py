@@ -17,6 +17,7 @@ from digitlab.errors import ImageError
 from digitlab.preprocess import (
     Preprocessed,
     ink_stats,
+    is_mnist_format,
     load_image,
     naive_resize,
     preprocess,
@@ -565,3 +566,107 @@ def test_pixel_limit_is_a_parameter():
         preprocess(np.zeros((200, 200), np.uint8), pixel_limit=1000)
     with pytest.raises(ImageError, match="too many pixels"):
         naive_resize(png, pixel_limit=100)
+
+
+# --------------------------------------------------------------------------------------------- fast path
+
+
+def _refit(digit: np.ndarray, side: int) -> np.ndarray:
+    """An MNIST digit with its ink box scaled to `side` px on the longer side, centred in 28x28 (uint8)."""
+    ys, xs = np.nonzero(digit)
+    crop = Image.fromarray(digit[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+    k = side / max(crop.size)
+    crop = crop.resize((max(1, round(crop.width * k)), max(1, round(crop.height * k))), Image.Resampling.BILINEAR)
+    out = np.zeros((28, 28), np.uint8)
+    y0, x0 = (28 - crop.height) // 2, (28 - crop.width) // 2
+    out[y0 : y0 + crop.height, x0 : x0 + crop.width] = np.asarray(crop)
+    return out
+
+
+def _general(image) -> Preprocessed:
+    return preprocess(image, fast=False)
+
+
+def test_mnist_format_criteria(mnist):
+    digit = mnist.test.images[0]  # a 7
+    assert is_mnist_format(digit) and is_mnist_format(Image.fromarray(digit))
+    assert np.mean([is_mnist_format(d) for d in mnist.test.images[:500]]) >= 0.97  # 98.9% of the test set
+    faint = (digit * 0.6).astype(np.uint8)
+    touching = digit.copy()
+    touching[27, 14] = 255
+    not_mnist = {
+        "off-centre by 3 px": np.roll(digit, 3, axis=1),
+        "oversized: 25 px box": _refit(digit, 25),
+        "undersized: 12 px box": _refit(digit, 12),
+        "ink on the border": touching,
+        "dark ink on white": 255 - digit,
+        "faint ink": faint,
+        "not 28x28": np.pad(digit, ((0, 1), (0, 0))),
+        "float": digit.astype(np.float32) / 255,
+        "blank": np.zeros((28, 28), np.uint8),
+    }
+    for name, image in not_mnist.items():
+        assert not is_mnist_format(image), name
+    nudged = np.roll(digit, 1 if com(digit)[1] < 14 else -1, axis=1)
+    assert is_mnist_format(nudged)  # still within a pixel of the centre: taken as it is
+    # Inputs that fail the criteria take the general path, which re-frames them (unlike the fast path would)
+    for name in ("off-centre by 3 px", "oversized: 25 px box", "undersized: 12 px box"):
+        image = not_mnist[name]
+        out = preprocess(image)
+        assert np.array_equal(out.image, _general(image).image) and not np.array_equal(out.image, image), name
+        assert np.abs(com(out.image) - 14).max() <= 0.75, name
+        ys, xs = np.nonzero(out.image)
+        assert max(np.ptp(ys), np.ptp(xs)) + 1 in (19, 20, 21), name
+
+
+def test_fast_path_matches_the_general_path_on_mnist_test_digits(mnist):
+    n, taken, mean_abs, corrs = 300, 0, [], []
+    for digit in mnist.test.images[:n]:
+        data = encode(Image.fromarray(digit), "PNG")
+        fast, general = preprocess(data), _general(data)
+        assert fast.stats == general.stats and fast.status == general.status  # the same cleanup, measured alike
+        assert fast.source_size == general.source_size == (28, 28)
+        if not is_mnist_format(digit):
+            assert np.array_equal(fast.image, general.image)
+            continue
+        taken += 1
+        assert np.array_equal(fast.image, digit) and not fast.image.flags.writeable  # the digit as MNIST made it
+        assert np.array_equal(preprocess_array(digit).image, digit)
+        # ... and the general path's re-framing is near-identity on it: at most a pixel's shift
+        assert np.abs(com(fast.image) - com(general.image)).max() <= 1.0
+        mean_abs.append(np.abs(fast.image.astype(int) - general.image.astype(int)).mean())
+        corrs.append(corr(fast.image, general.image))
+    assert taken >= 0.97 * n
+    assert np.mean(mean_abs) <= 3 and np.median(corrs) >= 0.99
+
+
+def test_fast_path_keeps_the_empty_specks_and_thin_rules():
+    yy, xx = np.mgrid[:28, :28]
+    dot = np.where((yy - 14) ** 2 + (xx - 14) ** 2 <= 90, 255, 0).astype(np.uint8)  # a blob 19 px across
+    line = np.zeros((28, 28), np.uint8)
+    line[13:15, 4:24] = 255  # a horizontal bar, 20 px long
+    for image, reason in ((dot, "a single dot"), (line, "a single line")):
+        assert is_mnist_format(image)
+        out = preprocess(image)
+        assert out.status == "empty" and out.stats.reason == reason and out.stats == _general(image).stats
+    ring = np.zeros((28, 28), np.uint8)  # a "0" drawn with a fat marker: ~6 px strokes in a 19 px box
+    ring[((yy - 14) ** 2 + (xx - 14) ** 2 <= 90) & ((yy - 14) ** 2 + (xx - 14) ** 2 >= 9)] = 255
+    assert is_mnist_format(ring)
+    assert np.array_equal(preprocess(ring).image, ring)  # not thinned unless asked
+    thinned = preprocess(ring, thin=True).image
+    assert np.array_equal(thinned, preprocess(ring, thin=True, fast=False).image)
+    assert (thinned > 127).sum() < (ring > 127).sum()
+
+
+def test_fast_path_leaves_specks_to_the_general_path(mnist):
+    digit = mnist.test.images[0].copy()
+    ys, xs = np.nonzero(digit)
+    box = digit[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    free = ndi.binary_dilation(box > 0, structure=np.ones((5, 5), bool))  # 2 px clear of the ink
+    y, x = np.argwhere(~free)[0]
+    digit[ys.min() + y, xs.min() + x] = 255  # a speck inside the digit's box
+    assert is_mnist_format(digit)
+    out = preprocess(digit)
+    assert np.array_equal(out.image, _general(digit).image)  # re-framed without the speck
+    clean = preprocess(mnist.test.images[0], fast=False).stats
+    assert (out.stats.n_components, out.stats.bbox) == (clean.n_components, clean.bbox)  # the speck is gone

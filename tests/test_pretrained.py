@@ -40,3 +40,16 @@ def test_predict_without_a_run_uses_the_bundled_model(tmp_path, mnist):
     assert [o["digit"] for o in out] == mnist.test.labels[:3].tolist()
     assert all(o["status"] == "ok" and o["confidence"] > 0.9 for o in out)
     assert np.allclose([sum(o["probabilities"]) for o in out], 1, atol=1e-4)
+
+
+def test_tta_buys_nothing_measurable_for_the_bundled_model(mnist):
+    """Why serving runs without test-time augmentation by default (digitlab.predict.TTA_EFFECT)."""
+    from digitlab.predict import TTA_EFFECT, Predictor
+
+    model = load_model(BUNDLE)
+    with_tta = (predict_logits(model, mnist.test.images, tta=True).argmax(1) == mnist.test.labels).mean()
+    without = (predict_logits(model, mnist.test.images, tta=False).argmax(1) == mnist.test.labels).mean()
+    assert abs(with_tta - without) <= 0.0005  # at most 5 of the 10,000 test digits
+    assert f"{with_tta:.2%} with TTA and {without:.2%} without" in TTA_EFFECT
+    onnx = Predictor.from_run(BUNDLE, backend="onnx", threads=1, tta=False)
+    assert (onnx.predict_array(mnist.test.images).argmax(1) == mnist.test.labels).mean() == without

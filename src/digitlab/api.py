@@ -66,10 +66,21 @@ from digitlab.preprocess import DEFAULT_PIXEL_LIMIT, FORMATS
 if TYPE_CHECKING:  # digitlab.predict imports torch: only the workers need it, not uvicorn's supervisor process
     from digitlab.predict import Prediction, Predictor, ReadResult
 
-__all__ = ["API_KEY_ENV", "SETTINGS_ENV", "ApiSettings", "JsonFormatter", "app_from_env", "create_app", "log_config"]
+__all__ = [
+    "API_KEY_ENV",
+    "SETTINGS_ENV",
+    "TTA_ENV",
+    "ApiSettings",
+    "JsonFormatter",
+    "app_from_env",
+    "create_app",
+    "log_config",
+    "tta_setting",
+]
 
 SETTINGS_ENV = "DIGITLAB_API_SETTINGS"  # JSON of ApiSettings, read by `app_from_env` in each uvicorn worker
 API_KEY_ENV = "DIGITLAB_API_KEY"  # the API key when the settings give none
+TTA_ENV = "DIGITLAB_TTA"  # test-time augmentation when the settings do not say: on/off (1/0, true/false) or "run"
 REQUEST_ID_HEADER = "X-Request-ID"
 MiB = 1024 * 1024
 # The file each backend loads, as in digitlab.predict (checked by the tests; not imported, see above).
@@ -111,6 +122,11 @@ class ApiSettings(BaseModel):
     )
     threads: int | None = Field(1, ge=1, description="Intra-op threads per model call (None: the library's choice).")
     concurrency: int = Field(4, ge=1, description="Predictions running at once per worker; more requests queue.")
+    tta: bool | None = Field(
+        False,
+        description="Test-time augmentation (5 forward passes per image); None: as the run's config. Off by "
+        "default: the bundled model gains nothing measurable from it (digitlab.predict.TTA_EFFECT).",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -152,7 +168,22 @@ class ApiSettings(BaseModel):
             raise ConfigError(f"${SETTINGS_ENV} must be a JSON object")
         if data.get("api_key") is None and env.get(API_KEY_ENV):
             data["api_key"] = env[API_KEY_ENV]
+        if "tta" not in data and env.get(TTA_ENV):
+            data["tta"] = tta_setting(env[TTA_ENV])
         return cls.model_validate(data)
+
+
+def tta_setting(value: str) -> bool | None:
+    """The `tta` setting from $DIGITLAB_TTA: on/off as 1/0, true/false, yes/no, on/off; "run" (the run's config)
+    is None."""
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    if v == "run":
+        return None
+    raise ConfigError(f"${TTA_ENV} must be on or off (1/0, true/false, yes/no) or 'run', not {value!r}")
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -270,7 +301,7 @@ class CalibrationOut(BaseModel):
 class ModelOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"run": "fast", "preset": "fast", "architecture": "fast", "params": 160842,
-                                         "test_accuracy": 0.9962, "backend": "onnx", "tta": True, "device": "cpu",
+                                         "test_accuracy": 0.9962, "backend": "onnx", "tta": False, "device": "cpu",
                                          "calibration": {"temperature": 1.21, "ece": 0.004, "nll": 0.012,
                                                          "fitted_on": "validation split", "ood": None}}]}
     )  # fmt: skip
@@ -879,12 +910,13 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = None) -> FastAPI:
     """The service for `settings`. `load` builds the predictor (default: `Predictor.from_run` with the settings'
-    run, backend and threads); it runs once, in a worker thread, after startup."""
+    run, backend, threads and tta); it runs once, in a worker thread, after startup."""
 
     def default_load() -> Predictor:
         from digitlab.predict import Predictor
 
-        return Predictor.from_run(settings.run, backend=settings.resolved_backend, threads=settings.threads)
+        return Predictor.from_run(settings.run, backend=settings.resolved_backend, threads=settings.threads,
+                                  tta=settings.tta)  # fmt: skip
 
     metrics = Metrics(CollectorRegistry(auto_describe=True))
     service = Service(settings, load or default_load, metrics)

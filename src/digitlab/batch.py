@@ -10,11 +10,12 @@ many files there are. The main process runs the model over batches (`Predictor.c
 and "not a digit" rule), appends one row per file, errors included, and flushes after every batch: a killed
 job loses at most its last batch, and `resume` skips the files already in the output.
 
-Worker processes for big jobs, threads for small ones: preprocessing a scan costs ~1.5 ms of CPU in hundreds of
-small NumPy/SciPy calls on small arrays, i.e. mostly Python holding the GIL (the PNG decode, which PIL does
-without it, is ~0.04 ms of that), so threads cannot spread it over two cores and processes can; but a process
-pool is slow to start: each worker imports NumPy, SciPy and PIL afresh (~0.5 s of CPU; 1.5 to 6 s before the
-first batch was out on a busy 2-core machine, against ~1.5 s with threads).
+Worker processes for big jobs, threads for small ones: preprocessing a scan costs ~1 ms of CPU in hundreds of
+small NumPy/SciPy calls on small arrays (an MNIST-format 28x28 file, which skips re-framing, ~0.2 ms), i.e.
+mostly Python holding the GIL (the PNG decode, which PIL does without it, is a small part), so threads cannot
+spread it over two cores and processes can; but a process pool is slower to start. Workers are forked from a
+fork server that imports NumPy, SciPy and PIL once (~0.3 s of CPU, then milliseconds per worker; under spawn
+each worker paid ~0.4 s of CPU for its own imports).
 `bench/batch_predict.py --pool process thread` measures both.
 """
 
@@ -43,6 +44,8 @@ from digitlab.errors import ConfigError, DigitlabError
 from digitlab.preprocess import preprocess
 
 if TYPE_CHECKING:  # digitlab.predict imports torch: kept out of the worker processes, which only preprocess
+    from multiprocessing.context import BaseContext
+
     from digitlab.predict import Prediction, Predictor
 
 __all__ = [
@@ -120,15 +123,48 @@ def _prepare_chunk(paths: list[str], prepare: Callable[[str], Prepared]) -> list
 
 def _worker_init(parent: int) -> None:
     """In each worker process: leave Ctrl+C to the parent, and exit when the parent dies (even by SIGKILL,
-    which would otherwise leave the workers blocked on the task queue forever)."""
+    which would otherwise leave the workers blocked on the task queue forever).
+
+    `parent` is the job's process. A worker started by the fork server is the server's child instead; the
+    server exits when the job's process does, so either way the worker is orphaned: its parent id changes.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started_by = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == started_by and _alive(parent):
             time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but is not ours to signal
+        return True
+    return True
+
+
+def _mp_context() -> BaseContext:
+    """The fork server where there is one (Linux, macOS), else spawn.
+
+    Never plain fork: the parent holds a model and may run threads (ONNX Runtime, the progress bar), which a
+    forked child would inherit in an undefined state. The fork server is a fresh single-threaded process that
+    imports this module once (NumPy, SciPy, PIL: ~0.3 s of CPU) and forks every worker from there, so workers
+    start in milliseconds, not each after its own imports as under spawn, and a second job in the same
+    process reuses the server.
+    """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # (no effect once the server runs; it has this module by then)
+    return ctx
 
 
 def _executor(workers: int, pool: str, n_files: int) -> Executor | None:
@@ -138,12 +174,8 @@ def _executor(workers: int, pool: str, n_files: int) -> Executor | None:
         return None
     if pool == "thread" or (pool == "auto" and n_files < PROCESS_MIN_FILES):
         return ThreadPoolExecutor(workers, thread_name_prefix="digitlab-decode")
-    import multiprocessing
-
-    # spawn, not fork: the parent holds a model and may run threads (ONNX Runtime, the progress bar), which a
-    # forked child would inherit in an undefined state. The workers import only NumPy, SciPy and PIL.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(os.getpid(),))  # fmt: skip
+    return ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_worker_init,
+                               initargs=(os.getpid(),))  # fmt: skip
 
 
 def _prepared(

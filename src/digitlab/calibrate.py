@@ -91,10 +91,21 @@ def logit_score(logits: np.ndarray, kind: str = "energy", temperature: float = 1
     """How digit-like each row of logits looks (higher: more): negative energy or the max logit."""
     z = np.asarray(logits, dtype=np.float64)
     if kind == "energy":
-        return temperature * logsumexp(z / temperature, axis=1)
+        return temperature * _logsumexp_rows(z / temperature)
     if kind == "max_logit":
         return z.max(axis=1)
     raise ValueError(f"unknown OOD score {kind!r}; choose one of: {', '.join(OOD_SCORES)}")
+
+
+def _logsumexp_rows(z: np.ndarray) -> np.ndarray:
+    """`scipy.special.logsumexp(z, axis=1)` for finite real (N, K) `z`, the same operations in the same order
+    (so the same bits), without its ~0.1 ms of array-API dispatch per call: it runs on every served image."""
+    top = z.max(axis=1, keepdims=True)
+    is_top = z == top
+    count = is_top.sum(axis=1, keepdims=True, dtype=z.dtype)
+    rest = np.exp(np.where(is_top, -np.inf, z) - top).sum(axis=1, keepdims=True)  # the maxima kept apart
+    rest = np.where(rest == 0, rest, rest / count)
+    return (np.log1p(rest) + np.log(count) + top)[:, 0]
 
 
 def ink_fraction(images: np.ndarray) -> np.ndarray:

@@ -58,11 +58,12 @@ ECE_BINS = 15
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Class probabilities (N, K) in float64 from logits (N, K), with the logits divided by `temperature`."""
-    from scipy.special import softmax as _softmax
-
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, not {temperature}")
-    return _softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+    # scipy.special.softmax's own three steps, without its array-API dispatch (it runs on every served image)
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
