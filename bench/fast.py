@@ -19,8 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from digitlab.config import get_preset
+from digitlab.config import TrainConfig, get_preset
 from digitlab.train import train
+
+
+def finished(run: Path, config: TrainConfig) -> dict | None:
+    """A finished, test-evaluated run of exactly `config` in `run` (kept with --runs), so reruns add seeds only."""
+    try:
+        m = json.loads((run / "metrics.json").read_text())
+        same = TrainConfig.load(run / "config.json") == config
+    except (OSError, ValueError):
+        return None
+    return m if same and "test" in m else None
 
 
 def main() -> None:
@@ -37,14 +47,19 @@ def main() -> None:
         root = args.runs or Path(tmp)
         for seed in args.seeds:
             config = get_preset(args.preset).override(seed=seed, split_seed=args.split_seed)
+            run = root / f"{args.preset}-{seed}"
             t0 = time.perf_counter()
-            m = train(config, root / f"{args.preset}-{seed}").metrics
+            m = finished(run, config)
+            reused = m is not None
+            if m is None:
+                m = train(config, run).metrics
             rows.append({"seed": seed, "test_accuracy": m["test"]["accuracy"], "val_accuracy": m["val"]["accuracy"],
-                         "train_seconds": m["train_seconds"], "total_seconds": round(time.perf_counter() - t0, 1),
-                         "params": m["params"], "device": m["device"]})  # fmt: skip
+                         "train_seconds": m["train_seconds"], "params": m["params"], "device": m["device"],
+                         "total_seconds": None if reused else round(time.perf_counter() - t0, 1)})  # fmt: skip
             r = rows[-1]
+            total = "reused" if reused else f"total {r['total_seconds']:.1f} s"
             print(f"seed {seed}: test {r['test_accuracy']:.4%}  val {r['val_accuracy']:.4%}  "
-                  f"train {r['train_seconds']:.1f} s  (total {r['total_seconds']:.1f} s)", flush=True)  # fmt: skip
+                  f"train {r['train_seconds']:.1f} s  ({total})", flush=True)  # fmt: skip
     acc = [r["test_accuracy"] for r in rows]
     sec = [r["train_seconds"] for r in rows]
     summary = {

@@ -117,20 +117,22 @@ FAST = TrainConfig(
     precision="auto",
 )
 
-# Our accurate recipe: the fast recipe scaled up where validation said it pays (README "accurate recipe" has the
-# measured figures; `metrics.json` -> `val_ablation` records what EMA and TTA bought in each run):
-#  1. FastNet twice as wide (32/64/128 channels, 279k parameters): ~4x the multiply-adds of `fast`.
-#  2. Three times the epochs (15) on the same one-cycle schedule.
-#  3. Elastic distortion (Simard et al. 2003: alpha 34 px, sigma 4 px) folded into the same grid_sample call as
-#     the affine augmentation: no extra resampling.
-#  4. An exponential moving average of the weights (decay 0.999 per step) is what gets validated and kept.
+# Our accurate recipe: the fast recipe scaled up, every choice measured on the 6,000-image validation split of
+# split seed 0 (seed 0; the test set not read): README "accurate" has the table.
+#  1. FastNet twice as wide (32/64/128 channels, 279k parameters: ~4x the multiply-adds of `fast`) and three
+#     times the epochs (15) on the same one-cycle schedule: validation 99.70% (`fast` on that split: 99.66%,
+#     mean of 4 seeds).
+#  2. Elastic distortion (Simard et al. 2003, alpha 34 px, sigma 4 px, on top of the affine augmentation) was
+#     tried and is OFF: it cost 0.20 pp of validation accuracy (99.50%) and 15% more time per epoch. It stays
+#     available as `--set elastic=34`.
+#  3. An exponential moving average of the weights (decay 0.999 per step) is what gets validated and kept: +0.12 pp
+#     with elastic distortion, +0.00 pp without; cheap, so kept. Each run records it in metrics.json val_ablation.
+#  4. Test-time augmentation as in `fast` (evaluation only; serving leaves it off by default).
 ACCURATE = replace(
     FAST,
     preset="accurate",
     model_args={"widths": [32, 64, 128]},
     epochs=15,
-    elastic=34.0,
-    elastic_sigma=4.0,
     ema=0.999,
 )
 
