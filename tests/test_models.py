@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from digitlab.augment import apply_affine, elastic_offsets, random_affine, sample_affine, shift_batch
+from digitlab.augment import (
+    apply_affine,
+    elastic_offsets,
+    random_affine,
+    sample_affine,
+    shift_batch,
+    thicken_strokes,
+)
 from digitlab.errors import ConfigError
 from digitlab.models import build_model, count_params
 
@@ -93,3 +100,15 @@ def test_elastic_distortion_moves_ink_but_keeps_it():
     y = random_affine(x, 0, 0, 0, torch.Generator().manual_seed(0), elastic=34)
     assert (y - x).abs().sum() > 0.05 * x.sum()
     assert abs(y.sum().item() - x.sum().item()) < 0.1 * x.sum().item()
+
+
+def test_thicken_strokes_fattens_a_share_of_the_batch_and_never_removes_ink():
+    x = torch.zeros(400, 1, 28, 28)
+    x[:, :, 6:22, 13:15] = 1  # a 2-pixel-wide stroke, as MNIST's
+    assert torch.equal(thicken_strokes(x, 0.0), x)
+    y = thicken_strokes(x, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(y, thicken_strokes(x, 0.5, torch.Generator().manual_seed(0)))
+    assert (y >= x).all() and (y <= 1).all()
+    grown = (y - x).flatten(1).sum(1) > 0
+    assert 0.35 < grown.float().mean().item() < 0.65  # about half the images, the rest untouched
+    assert (y - x).flatten(1).sum(1).max() > 0.8 * 2 * 18  # up to a pixel more on each side of the stroke

@@ -41,6 +41,7 @@ class TrainConfig:
     translate: float = 0.1  # augmentation: max shift as a fraction of the image side
     elastic: float = 0.0  # augmentation: elastic distortion strength in pixels (Simard's alpha; 0: off)
     elastic_sigma: float = 4.0  # augmentation: smoothness of the elastic field in pixels
+    thicken: float = 0.0  # augmentation: share of images whose strokes are fattened (0: off; fat-pen input)
     ema: float | None = None  # decay of an exponential moving average of the weights, per step; None: off
     tta: bool = False  # test-time augmentation (average over small shifts) at evaluation
     eval_every: int = 1  # validate every N epochs (the last epoch is always validated)

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
-from digitlab.augment import random_affine
+from digitlab.augment import random_affine, thicken_strokes
 from digitlab.config import TrainConfig
 from digitlab.data import Dataset, Split, load_dataset, stratified_split
 from digitlab.distributed import Dist, init_distributed, shutdown
@@ -370,6 +370,7 @@ def _fit(
             idx = state.perm[state.step * batch : (state.step + 1) * batch].to(device)
             x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate,
                               gen if device.type == "cpu" else None, config.elastic, config.elastic_sigma)  # fmt: skip
+            x = thicken_strokes(x, config.thicken, gen if device.type == "cpu" else None)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx]
