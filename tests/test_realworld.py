@@ -60,6 +60,15 @@ def test_canvas_set_is_deterministic_and_prefix_stable(mnist, canvas):
     assert not same_images(canvas.subset(slice(0, 4)), other)
 
 
+def test_canvas_set_pen_range_draws_fatter_strokes(mnist, canvas):
+    from digitlab.preprocess import stroke_width
+
+    fat = rw.canvas_set(mnist.test, 4, seed=3, pen=(40, 40))
+    assert (fat.params["pen"] == 40).all() and (canvas.params["pen"] <= 28).all()
+    ink = [rw._coverage_u8(img, kind).astype(np.float32) / 255 for img, kind in zip(fat.images, fat.kinds, strict=True)]
+    assert min(stroke_width(a) for a in ink) > 30  # the pen's width, give or take anti-aliasing
+
+
 def test_canvas_images_are_browser_canvas_exports(mnist, canvas):
     assert set(canvas.kinds) == set(rw.CANVAS_MODES)  # every export variant, mixed
     for img, kind, origin, label in zip(canvas.images, canvas.kinds, canvas.origins, canvas.labels, strict=True):

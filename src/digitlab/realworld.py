@@ -285,14 +285,17 @@ def _params(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows], np.float32) for k in rows[0]} if rows else {}
 
 
-def canvas_set(split: Split, n: int = 2000, seed: int = 0) -> RealWorldSet:
-    """`n` MNIST test digits re-drawn as 280x280 browser-canvas exports (see the module docstring)."""
+def canvas_set(split: Split, n: int = 2000, seed: int = 0, pen: tuple[float, float] = (12, 28)) -> RealWorldSet:
+    """`n` MNIST test digits re-drawn as 280x280 browser-canvas exports (see the module docstring).
+
+    `pen`: the range of pen widths in px (the stored set's 12-28; wider for a fat-marker stress set).
+    """
     idx = _pick(split, n, seed)
     images, kinds, rows = [], [], []
     for i, j in enumerate(idx):
         rng = _rng(seed, i)
         p = {"height": rng.uniform(120, 250), "aspect": rng.uniform(0.9, 1.1), "angle": rng.uniform(-15, 15),
-             "pen": rng.uniform(12, 28)}  # fmt: skip
+             "pen": rng.uniform(*pen)}  # fmt: skip
         mode = CANVAS_MODES[i % len(CANVAS_MODES)]
         cov = _restroke(split.images[j], p["height"], p["aspect"], p["angle"], p["pen"])
         images.append(_export(_place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode))

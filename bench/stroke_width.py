@@ -1,0 +1,58 @@
+"""Fat pens: thinning at preprocessing time vs stroke-width augmentation at training time — which works?
+
+    python bench/stroke_width.py runs/ens/fast-0 runs/abl/fast-thicken-0 --out bench/results/stroke_width.json
+
+Each run is scored with `preprocess(thin=False)` and `preprocess(thin=True)` on digits of the runs' shared
+validation split (never the test set: this chooses a default), three ways: as they are (MNIST format), re-drawn
+as 280x280 canvas exports with the stored canvas set's 12-28 px pens, and re-drawn with a fat marker (36-56 px
+pens). Give a run trained with `--set thicken=0.5` beside the same recipe without it (same seed and split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.data import load_dataset
+from digitlab.ensemble import split_key
+from digitlab.evaluate import predict_logits
+from digitlab.preprocess import preprocess_array
+from digitlab.realworld import canvas_set, score_realworld
+from digitlab.rundir import RunDir, load_model
+from digitlab.train import split_data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--n", type=int, default=1000, help="digits per re-drawn set")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    configs = [RunDir(r).read_config() for r in args.runs]
+    if any(split_key(c) != split_key(configs[0]) for c in configs):
+        raise SystemExit("the runs must share their validation split (same data, limit, val_fraction, split seed)")
+    _, val = split_data(load_dataset(configs[0].data), configs[0])
+    sets = {"canvas": canvas_set(val, args.n, seed=7), "fat-marker": canvas_set(val, args.n, seed=8, pen=(36, 56))}
+    rows = []
+    for run, config in zip(args.runs, configs, strict=True):
+        model = load_model(RunDir(run))
+        for thin in (False, True):
+            row = {"run": str(run), "thicken": config.thicken, "thin": thin}
+            x = np.stack([preprocess_array(im, thin=thin).image for im in val.images])
+            row["mnist_val"] = float((predict_logits(model, x).argmax(1) == val.labels).mean())
+            for name, ds in sets.items():
+                row[name] = score_realworld(model, ds, thin=thin)["accuracy"]
+            rows.append(row)
+            print(f"{run.name:>18} thicken={config.thicken:<4} thin={thin!s:<5}  MNIST val {row['mnist_val']:.2%}  "
+                  f"canvas {row['canvas']:.2%}  fat-marker {row['fat-marker']:.2%}", flush=True)  # fmt: skip
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
