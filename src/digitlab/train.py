@@ -306,13 +306,17 @@ def _fit(
     steps_per_epoch = max(1, per_rank // batch)  # drop the ragged last batch: same shapes every step
 
     model = build_model(config.model, **config.model_args).to(device)
-    channels_last = device.type == "cpu" and config.model == "fast"  # measured: ~30% faster for FastNet on CPU
+    channels_last = config.channels_last
+    if channels_last is None:  # measured: ~30% faster for FastNet on CPU; elsewhere measure it (bench/train_options.py)
+        channels_last = device.type == "cpu" and config.model == "fast"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if dd.enabled and config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if dd.enabled \
         else model  # fmt: skip
+    if config.compile:
+        net = torch.compile(net)  # training steps only: evaluation runs the plain module (same parameters)
     # The EMA copy is what gets validated and saved; the raw weights only train (and are scored once, at the end).
     ema = AveragedModel(model, avg_fn=ema_update(config.ema), use_buffers=True) if config.ema else None
     opt = make_optimizer(model, config)
@@ -440,6 +444,9 @@ def _fit(
 
     identical = dd.same_weights(model)
     if not dd.is_main:
+        # Wait for rank 0's final evaluation: a rank that leaves first tears its end of the gloo group down
+        # while rank 0 still holds it, which can abort the process ("terminate called without an active exception").
+        dd.barrier()
         return TrainResult(rd, {})
     if not rd.best.exists():  # validated only at the end and never improved: keep the final weights
         save_weights(rd.best, final, config, epoch=state.epoch)
@@ -449,6 +456,7 @@ def _fit(
                        "per_rank_batch": batch, "sync_bn": config.sync_bn, "weights_identical": identical}  # fmt: skip
     raw = model if ema is not None else None
     metrics = finish_run(rd, config, final, val_split, state, device, evaluate_test, distributed, raw)
+    dd.barrier()  # releases the other ranks (see above)
     return TrainResult(rd, metrics, _read_history(rd.history))
 
 
