@@ -736,9 +736,7 @@ def _fast_path(a: np.ndarray, thin: bool, copy: bool) -> Preprocessed | None:
         return None
     # The general path's cleanup, minus what cannot apply to a black border (polarity, uneven paper): the
     # same ink, so the same statistics and the same "empty" verdict.
-    g = a.astype(np.float32)
-    g /= 255
-    prep = _clean(g, 1.0)
+    prep = _clean(_unit_float(a), 1.0)
     if prep.specks:
         return None  # the general path would erase them; the model must not see them
     if thin and prep.ink.any():
@@ -811,7 +809,7 @@ def preprocess_array(gray: np.ndarray, *, thin: bool = False, fast: bool = True)
 
     `fast`: a uint8 array already in MNIST format is passed through as it is (see `preprocess`).
     """
-    if fast and isinstance(gray, np.ndarray) and gray.dtype == np.uint8 and gray.shape == (SIDE, SIDE):
+    if fast and isinstance(gray, np.ndarray):  # `_fast_path` checks dtype, shape and the rest
         done = _fast_path(gray, thin, copy=True)
         if done is not None:
             return done

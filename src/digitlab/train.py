@@ -358,6 +358,7 @@ def _fit(
         dd.barrier()
 
     final = ema.module if ema is not None else model  # the weights that are validated and kept
+    aug_gen = gen if device.type == "cpu" else None  # a CPU generator cannot drive CUDA draws
     while state.epoch < config.epochs:
         epoch = state.epoch + 1
         if state.perm is None:
@@ -372,9 +373,9 @@ def _fit(
         t0 = time.perf_counter()
         while state.step < steps_per_epoch:
             idx = state.perm[state.step * batch : (state.step + 1) * batch].to(device)
-            x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate,
-                              gen if device.type == "cpu" else None, config.elastic, config.elastic_sigma)  # fmt: skip
-            x = thicken_strokes(x, config.thicken, gen if device.type == "cpu" else None)
+            x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate, aug_gen, config.elastic,
+                              config.elastic_sigma)  # fmt: skip
+            x = thicken_strokes(x, config.thicken, aug_gen)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx]
