@@ -181,3 +181,37 @@ def test_cli_builds_an_ensemble(members, tmp_path):
     assert r.exit_code == 0, r.output
     assert "ensemble" in r.output and "report.md" in r.output
     assert TrainConfig.load(out / "config.json").tta is False and (out / "report.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def untrained(members, tmp_path_factory) -> Path:
+    """A copy of member a that names every digit wrong (its output layer's rows rolled by one: a 3 is called 4)."""
+    run = shutil.copytree(members[0], tmp_path_factory.mktemp("untrained") / "u")
+    best = run / "checkpoint" / "best.pt"
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    last = [k for k, v in ckpt["state_dict"].items() if v.ndim == 2 and v.shape[0] == 10][-1]
+    ckpt["state_dict"][last] = torch.roll(ckpt["state_dict"][last], 1, dims=0)
+    torch.save(ckpt, best)
+    return run
+
+
+def test_select_members_chooses_on_validation_and_leaves_a_useless_run_out(members, untrained, mnist):
+    from digitlab.ensemble import select_members
+
+    chosen, steps = select_members([untrained, *members], 3, dataset=mnist)
+    assert untrained not in chosen and sorted(chosen) == sorted(members)
+    assert [s["members"] for s in steps] == [1, 2]  # the wrong-naming run would have raised the log-loss: stop
+    assert all(0 <= s["val_accuracy"] <= 1 for s in steps)
+    with pytest.raises(ConfigError, match="at least 2 members"):
+        select_members(members, 1, dataset=mnist)
+
+
+def test_cli_select_records_the_choice(members, untrained, tmp_path):
+    out = tmp_path / "selected"
+    r = run_cli("ensemble", str(untrained), *map(str, members), "--select", "2", "--no-tta", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    selection = read(out / "metrics.json")["ensemble"]["selection"]
+    assert selection["max_members"] == 2 and len(selection["candidates"]) == 3 and len(selection["steps"]) == 2
+    members_used = [m["run"] for m in read(out / "metrics.json")["members"]]
+    assert str(untrained.resolve()) not in members_used and len(members_used) == 2
+    assert "chosen from 3 runs by greedy forward selection" in (out / "report.md").read_text()

@@ -802,6 +802,14 @@ def ensemble(
     tta: bool | None = typer.Option(
         None, "--tta/--no-tta", help="Test-time augmentation (default: on when any member used it)."
     ),
+    select: int | None = typer.Option(
+        None,
+        "--select",
+        metavar="K",
+        min=2,
+        help="Choose up to K of the runs on the validation split (greedy "
+        "forward selection on log-loss) instead of taking them all.",
+    ),
 ) -> None:
     """Average several runs into one new run directory, calibrated on their shared validation split, then evaluated.
 
@@ -809,7 +817,7 @@ def ensemble(
     """
     from rich.table import Table
 
-    from digitlab.ensemble import make_ensemble
+    from digitlab.ensemble import SELECTION, make_ensemble, select_members
     from digitlab.errors import ConfigError
 
     runs = list(runs or [])
@@ -818,7 +826,13 @@ def ensemble(
     if out is None:
         raise ConfigError("--out DIR is required: the run directory to create for the ensemble")
     with console.status("building the ensemble…") as status:
-        m = make_ensemble(runs, out, tta=tta, progress=lambda msg: status.update(f"{msg}…"))
+        selection = None
+        if select is not None:
+            candidates = runs
+            runs, steps = select_members(candidates, select, tta=tta, progress=lambda msg: status.update(f"{msg}…"))
+            selection = {"method": SELECTION, "max_members": select, "candidates": [str(r) for r in candidates],
+                         "steps": steps}  # fmt: skip
+        m = make_ensemble(runs, out, tta=tta, progress=lambda msg: status.update(f"{msg}…"), selection=selection)
 
     def pct(x: object) -> str:
         return f"{x:.2%}" if isinstance(x, (int, float)) else "—"
