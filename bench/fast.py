@@ -3,6 +3,8 @@
     python bench/fast.py --seeds 0 1 2 --out bench/results/fast.json
     python bench/fast.py --preset accurate --seeds 0 1 2 --split-seed 0 --runs runs/ens \
         --out bench/results/accurate.json
+    python bench/fast.py --preset accurate --set model=strided --name strided --seeds 0 1 2 3 4 --split-seed 0 \
+        --runs runs/ens --out bench/results/strided.json
 
 Targets: `fast` >= 99.60% official test accuracy in <= 60 s of training on 2 CPU cores (issue #2); `accurate`
 >= 99.70% (issue #7). Each seed is a full `digitlab train --preset P --seed S` run; the test set is only read by
@@ -19,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from digitlab.cli import parse_sets
 from digitlab.config import TrainConfig, get_preset
 from digitlab.train import train
 
@@ -40,14 +43,23 @@ def main() -> None:
     parser.add_argument("--split-seed", type=int, default=None, help="one validation split for all (ensembles)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--runs", type=Path, default=None, help="keep run directories here (default: temporary)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a config field, as `digitlab train --set` (e.g. model=strided)",
+    )
+    parser.add_argument("--name", default=None, help="run directories are NAME-SEED (default: the preset's name)")
     args = parser.parse_args()
+    changes = parse_sets(args.set)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.runs or Path(tmp)
         for seed in args.seeds:
-            config = get_preset(args.preset).override(seed=seed, split_seed=args.split_seed)
-            run = root / f"{args.preset}-{seed}"
+            config = get_preset(args.preset).set(**changes).override(seed=seed, split_seed=args.split_seed)
+            run = root / f"{args.name or args.preset}-{seed}"
             t0 = time.perf_counter()
             m = finished(run, config)
             reused = m is not None
@@ -64,6 +76,7 @@ def main() -> None:
     sec = [r["train_seconds"] for r in rows]
     summary = {
         "preset": args.preset,
+        "changes": changes,
         "seeds": args.seeds,
         "split_seed": args.split_seed,
         "test_accuracy_mean": statistics.mean(acc),

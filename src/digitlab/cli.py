@@ -116,7 +116,7 @@ def train(
             data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
             limit=limit, test_limit=test_limit, device=device, threads=threads, model_args=model_args,
             sync_bn=sync_bn, split_seed=split_seed,
-        ).set(**_parse_sets(set_ or []))  # fmt: skip
+        ).set(**parse_sets(set_ or []))  # fmt: skip
         out = out or Path("runs") / f"{config.preset}-{config.seed}"
         if current_rank() == 0:
             console.print(f"[bold]training[/] preset={config.preset} model={config.model} seed={config.seed} → {out}")
@@ -137,7 +137,7 @@ def train(
         _print_summary(result.metrics, out)
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
+def parse_sets(items: list[str]) -> dict[str, Any]:
     """`--set key=value` pairs; values are JSON (numbers, null, lists), anything else is a string."""
     out: dict[str, Any] = {}
     for item in items:
