@@ -1,6 +1,10 @@
 """Benchmark ensembles: the first 3, 5, 10 runs of a preset (in seed order, nothing chosen on test) averaged.
 
     python bench/ensembles.py runs/ens/accurate-{0..9} --sizes 3 5 10 --out bench/results/ensembles-accurate.json
+    python bench/ensembles.py runs/ens/*-? --select 10 --out bench/results/ensembles-selected.json
+
+With `--select K` the members are instead chosen from all the runs given, up to K, by greedy forward selection on
+the shared validation split (`digitlab ensemble --select K`); the test set is still read once, at the end.
 
 The runs must share their validation split (`bench/fast.py --split-seed 0 --runs runs/ens`). Each ensemble is a
 `digitlab ensemble` run directory (under --keep, default a temporary folder): calibrated on the shared validation
@@ -15,7 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from digitlab.ensemble import make_ensemble
+from digitlab.ensemble import SELECTION, make_ensemble, select_members
 
 
 def main() -> None:
@@ -24,19 +28,30 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 10])
     parser.add_argument("--keep", type=Path, default=None, help="keep the ensemble run directories here")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument(
+        "--select",
+        type=int,
+        default=None,
+        metavar="K",
+        help="choose up to K members from all the runs on validation (ignores --sizes)",
+    )
     args = parser.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
-        for k in args.sizes:
-            if k > len(args.runs):
-                print(f"skipping an ensemble of {k}: only {len(args.runs)} runs given")
-                continue
-            members = args.runs[:k]
-            m = make_ensemble(members, root / f"ensemble-{k}")
+        plans = [(k, args.runs[:k], None) for k in args.sizes if k <= len(args.runs)]
+        if args.select:
+            chosen, steps = select_members(args.runs, args.select, progress=print)
+            selection = {"method": SELECTION, "max_members": args.select,
+                         "candidates": [str(r) for r in args.runs], "steps": steps}  # fmt: skip
+            plans = [(len(chosen), chosen, selection)]
+        for k, members, selection in plans:
+            name = f"selected-{k}" if selection else f"ensemble-{k}"
+            m = make_ensemble(members, root / name, selection=selection)
             rows.append({
-                "members": k, "runs": [str(r) for r in members], "val_accuracy": m["val"]["accuracy"],
+                "members": k, "runs": [str(r) for r in members], "selection": selection,
+                "val_accuracy": m["val"]["accuracy"],
                 "test_accuracy": m["test"]["accuracy"], "test_ece": m["test"].get("ece"),
                 "member_test_accuracy": [r.get("test_accuracy") for r in m["members"]],
                 "train_seconds": m["train_seconds"], "params": m["params"],
