@@ -307,7 +307,7 @@ def _fit(
 
     model = build_model(config.model, **config.model_args).to(device)
     channels_last = config.channels_last
-    if channels_last is None:  # measured: ~30% faster for FastNet on CPU; elsewhere measure it (bench/train_options.py)
+    if channels_last is None:  # measured on CPU: FastNet +30%, StridedNet +2% (bench/train_options.py for others)
         channels_last = device.type == "cpu" and config.model in ("fast", "strided")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
