@@ -40,12 +40,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
-        plans = [(k, args.runs[:k], None) for k in args.sizes if k <= len(args.runs)]
         if args.select:
             chosen, steps = select_members(args.runs, args.select, progress=print)
             selection = {"method": SELECTION, "max_members": args.select,
                          "candidates": [str(r) for r in args.runs], "steps": steps}  # fmt: skip
             plans = [(len(chosen), chosen, selection)]
+        else:
+            plans = [(k, args.runs[:k], None) for k in args.sizes if k <= len(args.runs)]
         for k, members, selection in plans:
             name = f"selected-{k}" if selection else f"ensemble-{k}"
             m = make_ensemble(members, root / name, selection=selection)

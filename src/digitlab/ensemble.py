@@ -201,11 +201,9 @@ def select_members(
         raise ConfigError("the runs have no validation split (val_fraction 0): nothing to choose members on")
     dev = pick_device(config.device)
     scaled = []  # each run's validation logits divided by its temperature, as EnsembleNet combines them
-    for i, m in enumerate(members, 1):
+    for i, (m, model) in enumerate(zip(members, build_ensemble(members).members, strict=True), 1):
         say(f"predicting the validation split with run {i}/{len(members)} ({m.rd.root.name})")
-        model = build_model(m.model, **m.model_args)
-        model.load_state_dict(m.state_dict)
-        logits = predict_logits(model.eval().to(dev), val.images, tta=config.tta, device=dev)
+        logits = predict_logits(model.to(dev), val.images, tta=config.tta, device=dev)
         scaled.append(np.asarray(logits, np.float64) / m.temperature)
 
     def scored(idx: list[int]) -> tuple[float, float]:

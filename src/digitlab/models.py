@@ -59,9 +59,11 @@ class SeedNet(nn.Module):
         return self.classifier(self.features(x))  # (N, 1, 28, 28) -> (N, 10) logits
 
 
-def conv_bn(cin: int, cout: int) -> nn.Sequential:
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, padding: int = 1) -> nn.Sequential:
     # bias=False: BatchNorm's shift makes a conv bias redundant.
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class FastNet(nn.Module):
@@ -94,12 +96,6 @@ class FastNet(nn.Module):
         return self.net(x) * self.logit_scale
 
 
-def conv_bn_k(cin: int, cout: int, k: int, stride: int = 1, padding: int = 0) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
-
-
 class StridedNet(nn.Module):
     """A second architecture family for ensembles: Chris Deotte's Kaggle MNIST CNN, with BN before the ReLU.
 
@@ -116,11 +112,11 @@ class StridedNet(nn.Module):
         w0, w1, w2 = widths
         self.net = nn.Sequential(
             Normalize(),
-            conv_bn_k(1, w0, 3), conv_bn_k(w0, w0, 3),  # 28 -> 26 -> 24
-            conv_bn_k(w0, w0, 5, stride=2, padding=2), nn.Dropout(dropout),  # -> 12
-            conv_bn_k(w0, w1, 3), conv_bn_k(w1, w1, 3),  # -> 10 -> 8
-            conv_bn_k(w1, w1, 5, stride=2, padding=2), nn.Dropout(dropout),  # -> 4
-            conv_bn_k(w1, w2, 4),  # -> 1
+            conv_bn(1, w0, padding=0), conv_bn(w0, w0, padding=0),  # 28 -> 26 -> 24
+            conv_bn(w0, w0, 5, stride=2, padding=2), nn.Dropout(dropout),  # -> 12
+            conv_bn(w0, w1, padding=0), conv_bn(w1, w1, padding=0),  # -> 10 -> 8
+            conv_bn(w1, w1, 5, stride=2, padding=2), nn.Dropout(dropout),  # -> 4
+            conv_bn(w1, w2, 4, padding=0),  # -> 1
             nn.Flatten(), nn.Dropout(dropout),
             nn.Linear(w2, num_classes, bias=False),
         )  # fmt: skip
