@@ -1,12 +1,14 @@
 """Single-image latency of the REST API, measured by a client over loopback.
 
     OMP_NUM_THREADS=1 python bench/api_latency.py runs/fast [--requests 1000] [--tta on|off] [--image canvas|mnist]
-        [--out FILE.json]
+        [--server-cpus 1 --client-cpus 0] [--out FILE.json]
 
 Starts `digitlab serve RUN` on a free port (onnxruntime when the run has model.onnx), then posts one 280x280
 canvas PNG as multipart field `file` to /v1/predict, one request at a time, each on a new TCP connection
 (http.client: little client overhead), and reports p50/p90/p99 client-side latency, the server's RSS and its
 exit code after SIGTERM. Target (issue): p50 <= 3 ms, p99 <= 10 ms. Exit code 1 on any failed request.
+`--server-cpus` starts the server with `--cpus` (its event loop and inference thread share the cores given);
+`--client-cpus` keeps this client on others, so that the two do not take turns on one core.
 `--tta` picks the server's test-time augmentation (default off, as `digitlab serve` does; on: five forward
 passes per image).
 The helpers here (server start/stop, canvas PNG, RSS) are shared with bench/api_load.py.
@@ -30,6 +32,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from digitlab.cli import parse_cpus
 
 TARGET_P50_MS, TARGET_P99_MS = 3.0, 10.0
 
@@ -224,12 +228,17 @@ def main() -> int:
         help="canvas: the target's 280x280 canvas PNG; mnist: a 28x28 MNIST digit PNG (no re-framing: "
         "what the HTTP path and the model cost without the canvas's decoding and preprocessing)",
     )
+    parser.add_argument("--server-cpus", default=None, help="`digitlab serve --cpus`: the server's cores, e.g. 1")
+    parser.add_argument("--client-cpus", default=None, help="this client's cores, e.g. 0 (Linux)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
     body, content_type = multipart("file", "image.png", IMAGES[args.image][1]())
     headers = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close"}
-    with server(args.run, backend=args.backend, extra=["--tta" if args.tta == "on" else "--no-tta"]) as srv:
+    extra = ["--tta" if args.tta == "on" else "--no-tta"] + (["--cpus", args.server_cpus] if args.server_cpus else [])
+    with server(args.run, backend=args.backend, extra=extra) as srv:
+        if args.client_cpus:  # now, so that an unpinned server does not inherit the client's cores
+            os.sched_setaffinity(0, parse_cpus(args.client_cpus))
         port = srv["port"]
         rss_start = tree_rss_bytes(srv["pid"])
         model = json.loads(_get(port, "/v1/model")[1])
@@ -263,6 +272,7 @@ def main() -> int:
                               "healthz_roundtrip_p50": summarize_ms([t for t, _ in health])["p50_ms"]},
         "server_rss_mb": {"start": round(rss_start / 2**20, 1), "end": round(rss_end / 2**20, 1)},
         "server_exit_code": srv.get("exit_code"), "machine": machine(),
+        "cpus": {"server": args.server_cpus or "any", "client": args.client_cpus or "any"},
     }  # fmt: skip
     verdict = "met" if result["meets_target"] else "MISSED"
     rss = result["server_rss_mb"]
@@ -270,7 +280,8 @@ def main() -> int:
           f"p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
           f"(target p50 <= {TARGET_P50_MS:g}, p99 <= {TARGET_P99_MS:g}: {verdict}); errors {errors}; "
           f"server RSS {rss['start']} -> {rss['end']} MiB; exit code after SIGTERM {result['server_exit_code']}; "
-          f"load avg {result['machine']['load_avg_1m']}")  # fmt: skip
+          f"load avg {result['machine']['load_avg_1m']}; cores: server {result['cpus']['server']}, "
+          f"client {result['cpus']['client']}")  # fmt: skip
     print(
         "mean server time per request {server_request} ms, of which decoding + preprocessing + model "
         "{decode_preprocess_model} ms; GET /healthz round trip p50 {healthz_roundtrip_p50} ms (HTTP and framework "

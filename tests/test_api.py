@@ -478,6 +478,16 @@ def test_settings_travel_through_the_environment(run, tmp_path):
     assert {"torch": str(RunDir(Path()).best), **ONNX_FILES} == MODEL_FILES  # the API's copy (it avoids torch)
 
 
+def test_cpu_lists_read_as_taskset_writes_them():
+    from digitlab.cli import parse_cpus
+    from digitlab.errors import ConfigError
+
+    assert parse_cpus("1") == {1} and parse_cpus("0,2-3") == {0, 2, 3} and parse_cpus(" 4 , 4-5") == {4, 5}
+    for bad in ("", "a", "1-b", "-1", "3-1"):
+        with pytest.raises(ConfigError, match="--cpus"):
+            parse_cpus(bad)
+
+
 def test_serve_cli_refuses_before_starting(run, tmp_path):
     """Bad runs, backends and busy ports fail in the CLI process (one line via main()), before any worker starts."""
     from typer.testing import CliRunner
@@ -494,6 +504,8 @@ def test_serve_cli_refuses_before_starting(run, tmp_path):
             ([str(run), "--backend", "onnx-int8"], RunDirError, "digitlab export"),
             ([str(run), "--backend", "tensorflow"], ConfigError, "backend"),
             ([str(run), "--port", taken], DigitlabError, "cannot listen"),
+            ([str(run), "--cpus", "4095"], ConfigError, "CPU 4095 is not available"),
+            ([str(run), "--cpus", "one"], ConfigError, "expected CPU numbers"),
         ]
         for args, error, message in cases:
             result = CliRunner().invoke(app, ["serve", *args])
@@ -591,15 +603,17 @@ def free_port() -> int:
 
 
 def test_serve_end_to_end_and_graceful_shutdown(run, tmp_path, digit_png):
-    """`digitlab serve` in a real process: predictions over HTTP, JSON logs, then SIGTERM with a request in
-    flight: new connections are refused, the in-flight request completes, the process exits 0."""
+    """`digitlab serve --cpus N` in a real process, on that core: predictions over HTTP, JSON logs, then SIGTERM
+    with a request in flight: new connections are refused, the in-flight request completes, the process exits 0."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", API_KEY_ENV: ""}
+    cpu = max(os.sched_getaffinity(0))  # --cpus: the server (and its workers) run on this core only
     with log_path.open("w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "digitlab.cli", "serve", str(run), "--port", str(port)],
-                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log_file)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "digitlab.cli", "serve", str(run), "--port", str(port),
+                                 "--cpus", str(cpu)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=log_file)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -612,6 +626,7 @@ def test_serve_end_to_end_and_graceful_shutdown(run, tmp_path, digit_png):
             assert time.monotonic() < deadline, "server never became ready"
             time.sleep(0.1)
 
+        assert os.sched_getaffinity(proc.pid) == {cpu}
         r = httpx.post(f"{url}/v1/predict", files={"file": ("a.png", digit_png, "image/png")},
                        headers={"X-Request-ID": "e2e-1"})  # fmt: skip
         assert r.status_code == 200 and r.headers["x-request-id"] == "e2e-1" and "server" not in r.headers

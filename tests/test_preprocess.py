@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
+from digitlab import preprocess as preprocess_module
 from digitlab.errors import ImageError
 from digitlab.preprocess import (
     Preprocessed,
@@ -142,6 +143,65 @@ def test_every_format_and_mode_gives_the_same_digit(cov, reference, fmt, mode):
     out = preprocess(data)
     assert out.status == "ok"
     assert_close(out.image, reference, mean_tol=8 if fmt in ("JPEG", "WEBP") else 4)
+
+
+def adam7_png(rgb: np.ndarray) -> bytes:
+    """An interlaced (Adam7) 8-bit RGB PNG, which PIL cannot write: seven passes, rows unfiltered."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w = rgb.shape[:2]
+    raw = b""
+    passes = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]
+    for y0, x0, dy, dx in passes:  # (first row, first column, row step, column step)
+        sub = rgb[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\0" + row.tobytes() for row in sub)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _pil_decode(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "RGB interlaced", "LA", "P", "I;16", "RGB + tRNS", "eXIf"])
+def test_png_decoding_is_pils_whichever_decoder_runs(cov, mode, monkeypatch):
+    """Plain 8-bit PNGs go through libspng (faster), the rest through PIL; either way the pixels are PIL's."""
+    base = mode.split()[0] if mode != "eXIf" else "RGB"
+    im = _as_mode(paper(cov), base)
+    im.putpixel((3, 5), (9, 200, 30, 77)[: len(im.getbands())] if base != "P" else 7)  # an off-grey pixel
+    options = {"RGB interlaced": {}, "RGB + tRNS": {"transparency": (255, 255, 255)}}.get(mode, {})
+    if mode == "eXIf":
+        exif = Image.Exif()
+        exif[0x0112] = 1
+        options = {"exif": exif}
+    data = encode(im, "PNG", **options)
+    if mode == "RGB interlaced":
+        data = adam7_png(np.asarray(im))
+        assert data[28] == 1  # IHDR's interlace method: Adam7
+    plain = mode in ("L", "RGB", "RGBA", "RGB interlaced")
+    calls = []
+    real_load = preprocess_module.pyspng.load
+    monkeypatch.setattr(preprocess_module.pyspng, "load", lambda b: calls.append(1) or real_load(b))
+    got = load_image(data)
+    assert bool(calls) == plain  # the fast decoder ran exactly for the plain PNGs
+    want = _pil_decode(data)
+    assert got.size == want.size
+    if plain:
+        assert got.mode == want.mode
+        assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert np.array_equal(to_gray(got), to_gray(load_image(data)))  # and deterministic
+
+
+def test_a_corrupt_png_that_libspng_rejects_is_reported_by_pil(cov):
+    data = bytearray(encode(Image.fromarray(paper(cov)), "PNG"))
+    data[60:80] = b"\0" * 20  # inside IDAT: zlib data destroyed
+    with pytest.raises(ImageError, match="cannot decode image"):
+        load_image(bytes(data))
 
 
 def test_16bit_png_is_scaled_not_clipped(cov, reference):

@@ -708,6 +708,38 @@ def app_command(
 # ---------------------------------------------------------------------------------------------- serve
 
 
+def parse_cpus(text: str) -> set[int]:
+    """CPU numbers from a list such as "1" or "0,2-3" (the format of taskset -c and cpuset)."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ConfigError(f"--cpus {text!r}: expected CPU numbers such as 1 or 0,2-3") from None
+    if not cpus:
+        raise ConfigError(f"--cpus {text!r}: no CPU given")
+    return cpus
+
+
+def pin_to_cpus(text: str) -> None:
+    """Restrict this process (and the workers it starts) to the CPUs in `text`.
+
+    One worker's event loop and its inference thread then wake each other on one core instead of across two,
+    and caches stay warm: on the 2-core test machine a single client's p50 drops by ~0.5-1 ms (README).
+    """
+    import os
+
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError("--cpus needs Linux (sched_setaffinity)")
+    cpus = parse_cpus(text)
+    allowed = os.sched_getaffinity(0)
+    if not cpus <= allowed:
+        missing = ",".join(map(str, sorted(cpus - allowed)))
+        raise ConfigError(f"--cpus {text}: CPU {missing} is not available here (have {len(allowed)} CPUs)")
+    os.sched_setaffinity(0, cpus)
+
+
 @app.command()
 def serve(
     run: Path | None = typer.Argument(None, help="Run directory to serve (default: the bundled model)."),  # noqa: B008
@@ -735,6 +767,9 @@ def serve(
         30.0, "--graceful-timeout", min=0, help="Seconds to finish in-flight requests after SIGTERM."
     ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    cpus: str | None = typer.Option(
+        None, "--cpus", help="Run the server on these CPU cores only, e.g. 1 or 0,2-3 (Linux; workers share them)."
+    ),
 ) -> None:
     """Serve RUN as a REST API (FastAPI + uvicorn): /v1/predict, /v1/predict/batch, /v1/read, /v1/model, /docs.
 
@@ -764,6 +799,8 @@ def serve(
     except ValidationError as e:
         raise ConfigError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
     settings.check()  # a missing run or model file fails here, in one line, not in every worker
+    if cpus is not None:
+        pin_to_cpus(cpus)
     with socket.socket() as s:
         try:
             s.bind((host, port))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, TypeAlias
 
 import numpy as np
+import pyspng
 from PIL import Image, ImageOps
 from scipy import ndimage as ndi
 
@@ -153,17 +154,46 @@ def _decode(fp: IO[bytes], pixel_limit: int, name: str) -> Image.Image:
         raise ImageError(f"{name}: not a supported image (expected {FORMAT_NAMES})") from None
     except Exception as e:  # plugins raise SyntaxError, ValueError, struct.error ... on malformed headers
         raise ImageError(f"{name}: cannot read image header ({_one_line(e)})") from None
-    return _load_checked(im, pixel_limit, name, owned=True)
+    _check_size(im, pixel_limit, name)
+    return _plain_png(im) or _load_checked(im, pixel_limit, name, owned=True)
 
 
-def _load_checked(im: Image.Image, pixel_limit: int, name: str, owned: bool) -> Image.Image:
-    """Check the size, decode, apply EXIF rotation; returns an image that shares nothing with the caller's `im`
-    (`owned`: `im` was opened here, so it may be returned itself)."""
+def _plain_png(im: Image.Image) -> Image.Image | None:
+    """Opened `im` decoded by libspng (pyspng) when it is a plain PNG: 8-bit L, RGB or RGBA, one frame. That takes
+    half PIL's time (0.25 vs 0.46 ms for a 280x280 canvas, most of a served request's decoding). None for anything
+    else (palette, other bit depths, grey + alpha, a transparency key, EXIF, animation) and on any error: PIL
+    decodes those. Where both decode, the pixels are the same (tested)."""
+    if im.format != "PNG" or im.fp is None:
+        return None
+    rawmode = im.tile[0][3] if len(im.tile) == 1 else None  # "L;4", "RGB;16B", ... for other bit depths
+    if rawmode not in ("L", "RGB", "RGBA") or "transparency" in im.info or getattr(im, "n_frames", 1) != 1:
+        return None  # (libspng does not take 8-bit grey + alpha either)
+    try:
+        im.fp.seek(0)  # where Image.open read the header from
+        data = im.fp.read()
+        if b"eXIf" in data:  # EXIF orientation, which PIL applies (the chunk may follow the pixel data)
+            return None
+        a = pyspng.load(data)
+    except Exception:
+        return None
+    w, h = im.size
+    if a.dtype != np.uint8 or a.shape != ((h, w) if im.mode == "L" else (h, w, len(im.mode))):
+        return None
+    return Image.fromarray(a)
+
+
+def _check_size(im: Image.Image, pixel_limit: int, name: str) -> None:
     w, h = im.size
     if w * h > pixel_limit:  # checked on the header's size, before a single pixel is decoded
         raise ImageError(f"{name}: too many pixels ({w}x{h} = {w * h:,}, limit {pixel_limit:,})")
     if w == 0 or h == 0:
         raise ImageError(f"{name}: image has no pixels ({w}x{h})")
+
+
+def _load_checked(im: Image.Image, pixel_limit: int, name: str, owned: bool) -> Image.Image:
+    """Check the size, decode, apply EXIF rotation; returns an image that shares nothing with the caller's `im`
+    (`owned`: `im` was opened here, so it may be returned itself)."""
+    _check_size(im, pixel_limit, name)
     try:
         im.load()  # a freshly opened multi-frame file sits on frame 0, so only that frame is decoded
         # Phones store "rotate 90" in EXIF instead of rotating pixels. In place when the image is ours,
