@@ -204,6 +204,24 @@ def test_a_corrupt_png_that_libspng_rejects_is_reported_by_pil(cov):
         load_image(bytes(data))
 
 
+@pytest.mark.parametrize("ink", [(0, 0, 0), (255, 255, 255), (20, 60, 200)])
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_a_one_colour_canvas_is_shrunk_from_its_alpha_alone(cov, ink, mode):
+    """A canvas export (one ink colour, coverage in alpha) takes a shortcut; it must match the general path."""
+    size = (300, 260)  # bigger than the coarse pass: the shrink happens
+    alpha = np.asarray(Image.fromarray(255 - paper(cov)).resize(size, Image.Resampling.BILINEAR))
+    rgba = np.zeros((*alpha.shape, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = ink, alpha
+    im = Image.fromarray(rgba).convert(mode)
+    fast, scale, source = preprocess_module._gray_of(im, preprocess_module.COARSE_PIXELS)
+    work = fast.shape[::-1]
+    general = to_gray(Image.merge("LA", (im.convert("L"), im.getchannel("A"))).resize(work, Image.Resampling.BOX))
+    assert source == size and scale < 1 and fast.shape == general.shape
+    assert np.abs(fast - general).max() <= 1.5 / 255  # 8-bit rounding in PIL's premultiplied resize only
+    blank = Image.new(mode, size, (*ink, 0) if mode == "RGBA" else (ink[0], 0))
+    assert not preprocess_module._gray_of(blank, preprocess_module.COARSE_PIXELS)[0].any()  # nothing drawn: 0
+
+
 def test_16bit_png_is_scaled_not_clipped(cov, reference):
     data = encode(_as_mode(paper(cov), "I;16"), "PNG")
     assert Image.open(io.BytesIO(data)).mode.startswith("I")

@@ -413,12 +413,37 @@ def _gray_of(im: Image.Image, pixels: int = WORK_PIXELS) -> tuple[np.ndarray, fl
     """`_load_gray` of a loaded image, at most `pixels` big."""
     work, scale = _working_size(im.size, pixels)
     if scale < 1:
-        # Shrink in 8 bits before going to float: a 36 MP photo would take ~0.4 GB as float RGB. Opaque colour
-        # goes to grey first (a third of the pixels to shrink; PIL's luma is the same ITU-R 601 as `_luma`).
-        # (PIL resizes RGBA and LA with premultiplied alpha, so transparent pixels' colour does not bleed.)
-        small = im.convert("L") if im.mode == "RGB" else im
-        return to_gray(small.resize(work, Image.Resampling.BOX)), scale, im.size
+        # Shrink in 8 bits before going to float: a 36 MP photo would take ~0.4 GB as float RGB. Colour goes to
+        # grey first (a third of the pixels to shrink; PIL's luma is the same ITU-R 601 as `_luma`); with alpha
+        # too, as LA: luma is linear, so it commutes with the premultiplied-alpha shrink PIL does for LA and RGBA
+        # (transparent pixels' colour must not bleed), at 0.37 instead of 0.6 ms for a 280x280 canvas.
+        size = im.size
+        if im.mode == "RGB":
+            im = im.convert("L")
+        elif im.mode in ("RGBA", "LA"):
+            luma, alpha = im.convert("L"), im.getchannel("A")
+            lo, hi = luma.getextrema()
+            if lo == hi and alpha.getextrema()[1] > 0:  # one colour under all the ink: a canvas export
+                return _one_colour(alpha.resize(work, Image.Resampling.BOX), lo / 255), scale, size
+            im = Image.merge("LA", (luma, alpha))
+        return to_gray(im.resize(work, Image.Resampling.BOX)), scale, size
     return to_gray(im), 1.0, im.size
+
+
+def _one_colour(alpha: Image.Image, colour: float) -> np.ndarray:
+    """`to_gray` of an image whose every pixel has grey `colour`, from its alpha alone.
+
+    Compositing is then a linear function of alpha, so shrinking alpha alone gives the same result as shrinking
+    the image (0.05 instead of 0.37 ms for a 280x280 canvas); `to_gray` would find no background of the picture's
+    own and composite over the one that contrasts with the ink.
+    """
+    a = _unit_float(np.asarray(alpha))
+    if not a.any():
+        return a  # nothing drawn at all, as `to_gray` says
+    background = 1.0 if colour < 0.5 else 0.0
+    a *= colour - background
+    a += background
+    return a
 
 
 def _prepare(gray: np.ndarray, scale: float = 1.0) -> _Ink:
