@@ -173,6 +173,27 @@ def test_predict_multipart_json_and_raw_body_agree(client, run, predictor, digit
     assert bodies[0]["probabilities"] == pytest.approx(direct.probabilities, abs=1e-6)
 
 
+def test_serving_an_onnx_run_never_imports_torch(run, digit_png, tmp_path):
+    """The ONNX path needs onnxruntime, not torch: less memory per worker, a faster start, and a predictor that
+    runs where torch is not installed. TTA on, so the shifted passes are covered too."""
+    (tmp_path / "digit.png").write_bytes(digit_png)
+    code = f"""if True:
+        import sys
+        from fastapi.testclient import TestClient
+        from digitlab.api import ApiSettings, create_app
+        app = create_app(ApiSettings(run={str(run)!r}, backend="onnx", tta=True))
+        with TestClient(app) as client:
+            while client.get("/readyz").status_code != 200:
+                pass
+            r = client.post("/v1/predict", files={{"file": open({str(tmp_path / "digit.png")!r}, "rb")}})
+        assert r.status_code == 200 and r.json()["status"] in ("ok", "not_a_digit"), r.text
+        print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
 def test_predict_blank_canvas_is_empty(client):
     r = client.post("/v1/predict", files={"file": ("blank.png", BLANK_PNG, "image/png")})
     assert r.status_code == 200

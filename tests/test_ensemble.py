@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import run_cli
+from digitlab.calibrate import softmax
 from digitlab.config import TrainConfig, get_preset
 from digitlab.ensemble import EnsembleNet, make_ensemble
 from digitlab.errors import ConfigError, RunDirError
-from digitlab.evaluate import softmax
 from digitlab.models import build_model, count_params
 from digitlab.predict import Predictor
 from digitlab.rundir import load_model

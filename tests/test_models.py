@@ -8,11 +8,11 @@ from digitlab.augment import (
     elastic_offsets,
     random_affine,
     sample_affine,
-    shift_batch,
     thicken_strokes,
 )
 from digitlab.errors import ConfigError
 from digitlab.models import build_model, count_params
+from digitlab.tta import shift_batch
 
 
 @pytest.mark.parametrize(("padding", "params"), [("valid", 537_386), ("same", 3_486_506)])

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -114,18 +110,3 @@ def thicken_strokes(x: torch.Tensor, share: float, generator: torch.Generator | 
     u = torch.rand(len(x), 2, generator=generator, device=x.device)
     t = torch.where(u[:, 0] < share, u[:, 1], torch.zeros_like(u[:, 1])).to(x.dtype).view(-1, 1, 1, 1)
     return x + t * (F.max_pool2d(x, 3, stride=1, padding=1) - x)
-
-
-def shift_batch(x: ArrayT, dx: int, dy: int) -> ArrayT:
-    """Shift images (..., H, W) by whole pixels, filling with black (test-time augmentation).
-
-    Works on torch tensors and NumPy arrays alike (the ONNX path has no tensors).
-    """
-    if dx == 0 and dy == 0:
-        return x
-    out = x * 0  # zeros of the same type, dtype and device for either library
-    h, w = x.shape[-2:]
-    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
-        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out

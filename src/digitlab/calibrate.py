@@ -52,6 +52,16 @@ TEST_FONTS = ("DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf", "DejaVuSan
 # --------------------------------------------------------------------------------------------- temperature
 
 
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities (N, K) in float64 from logits (N, K), with the logits divided by `temperature`."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, not {temperature}")
+    # scipy.special.softmax's own three steps, without its array-API dispatch (it runs on every served image)
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of `labels` under softmax(logits / temperature)."""
     z = np.asarray(logits, dtype=np.float64) / temperature
@@ -78,7 +88,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float,
 
 def ece(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Expected calibration error (the same 15 equal-width bins as the report) at `temperature`."""
-    from digitlab.evaluate import expected_calibration_error, reliability_bins, softmax
+    from digitlab.evaluate import expected_calibration_error, reliability_bins
 
     probs = softmax(logits, temperature)
     return expected_calibration_error(reliability_bins(probs.max(1), probs.argmax(1) == np.asarray(labels)))

@@ -15,13 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitlab.augment import shift_batch
+from digitlab.calibrate import softmax
 from digitlab.config import TrainConfig
 from digitlab.data import KNOWN_DATASETS, load_eval_split
 from digitlab.errors import DataError, RunDirError
 from digitlab.rundir import RunDir, load_model
-
-TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+from digitlab.tta import TTA_SHIFTS, shift_batch
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -54,16 +53,6 @@ def predict_logits(
 # --------------------------------------------------------------------------------------------- metrics
 
 ECE_BINS = 15
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities (N, K) in float64 from logits (N, K), with the logits divided by `temperature`."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, not {temperature}")
-    # scipy.special.softmax's own three steps, without its array-API dispatch (it runs on every served image)
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

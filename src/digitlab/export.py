@@ -130,9 +130,9 @@ def export_onnx(
     images. int8: accuracy of both on the run's test split as `evaluate_run` uses it (first `test_limit`
     images, or all of them with `full_test`), with the run's TTA. Returns the "export" entry written.
     """
-    from digitlab.calibrate import read_calibration
+    from digitlab.calibrate import read_calibration, softmax
     from digitlab.data import load_dataset, load_eval_split
-    from digitlab.evaluate import predict_logits, read_temperature, softmax
+    from digitlab.evaluate import predict_logits, read_temperature
     from digitlab.predict import tta_logits
     from digitlab.rundir import RunDir, load_model
     from digitlab.train import split_data

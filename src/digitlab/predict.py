@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.augment import shift_batch
-from digitlab.calibrate import OodRule, ink_fraction, logit_score, read_calibration
+from digitlab.calibrate import OodRule, ink_fraction, logit_score, read_calibration, softmax
 from digitlab.errors import ConfigError, DigitlabError, RunDirError
-from digitlab.evaluate import TTA_SHIFTS, softmax
 from digitlab.preprocess import Box, ImageSource, Preprocessed, preprocess, segment_digits
 from digitlab.rundir import RunDir, read_json_lenient
+from digitlab.tta import TTA_SHIFTS, shift_batch
 
 __all__ = ["BACKENDS", "Prediction", "Predictor", "ReadDigit", "ReadResult", "tta_logits"]
 
@@ -116,7 +115,7 @@ def tta_logits(
     forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, tta: bool, batch_size: int = BATCH_SIZE
 ) -> np.ndarray:
     """Logits (N, 10) of uint8 (N, 28, 28) images through `forward` (float32 (B, 1, 28, 28) in [0, 1] ->
-    logits), averaged over `evaluate.TTA_SHIFTS` with `tta`, as `evaluate.predict_logits` does for torch."""
+    logits), averaged over `tta.TTA_SHIFTS` with `tta`, as `evaluate.predict_logits` does for torch."""
     images = np.asarray(images, dtype=np.uint8)
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
     out = []

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from digitlab.config import TrainConfig
 from digitlab.errors import RunDirError
-from digitlab.models import build_model
+
+if TYPE_CHECKING:  # torch is imported where weights are saved or loaded: reading a run's files needs none of it
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,8 @@ def read_json_lenient(path: Path) -> dict[str, Any]:
 
 def save_weights(path: Path, model: nn.Module, config: TrainConfig, **extra: Any) -> None:
     """A self-describing checkpoint: the model's name and arguments travel with its weights."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": config.model, "model_args": config.model_args, "state_dict": model.state_dict(),
@@ -109,6 +111,10 @@ def save_weights(path: Path, model: nn.Module, config: TrainConfig, **extra: Any
 
 def load_model(run: Path | RunDir, checkpoint: str = "best", device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model from a run directory's checkpoint alone, in eval mode."""
+    import torch
+
+    from digitlab.models import build_model
+
     rd = run if isinstance(run, RunDir) else RunDir(Path(run))
     path = rd.require().best if checkpoint == "best" else rd.last
     try:
