@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
+from digitlab.rundir import read_json_lenient
+
 if TYPE_CHECKING:  # heavy imports stay out of module import: the script imports torch only to load the model
     from torch import nn
 
@@ -248,8 +250,6 @@ def _pct(x: object, digits: int = 2) -> str:
 
 def model_facts(run: Path) -> dict[str, str]:
     """Headline figures of a run for the Model tab, as display strings ('—' where unknown)."""
-    from digitlab.rundir import read_json_lenient  # here, not at import: rundir pulls in torch
-
     m, cfg = read_json_lenient(run / "metrics.json"), read_json_lenient(run / "config.json")
     test = m.get("test") or {}
     ci = test.get("accuracy_ci95")
@@ -475,8 +475,6 @@ def _show_reading(st: Any, result: ReadResult, image: Image.Image, model: nn.Mod
 
 
 def _model(st: Any, run: Path, info: dict[str, Any]) -> None:
-    from digitlab.rundir import read_json_lenient
-
     facts = model_facts(run)
     metrics = read_json_lenient(run / "metrics.json")
     for col, label, key in zip(st.columns(4), ("Test accuracy", "Model", "Preset", "Parameters"),
