@@ -19,7 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from digitlab.ensemble import SELECTION, make_ensemble, select_members
+from digitlab.ensemble import make_ensemble, select_members
 
 
 def main() -> None:
@@ -41,9 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         if args.select:
-            chosen, steps = select_members(args.runs, args.select, progress=print)
-            selection = {"method": SELECTION, "max_members": args.select,
-                         "candidates": [str(r) for r in args.runs], "steps": steps}  # fmt: skip
+            chosen, selection = select_members(args.runs, args.select, progress=print)
             plans = [(len(chosen), chosen, selection)]
         else:
             plans = [(k, args.runs[:k], None) for k in args.sizes if k <= len(args.runs)]

@@ -198,7 +198,9 @@ def untrained(members, tmp_path_factory) -> Path:
 def test_select_members_chooses_on_validation_and_leaves_a_useless_run_out(members, untrained, mnist):
     from digitlab.ensemble import select_members
 
-    chosen, steps = select_members([untrained, *members], 3, dataset=mnist)
+    chosen, selection = select_members([untrained, *members], 3, dataset=mnist)
+    steps = selection["steps"]
+    assert selection["max_members"] == 3 and len(selection["candidates"]) == 3
     assert untrained not in chosen and sorted(chosen) == sorted(members)
     assert [s["members"] for s in steps] == [1, 2]  # the wrong-naming run would have raised the log-loss: stop
     assert all(0 <= s["val_accuracy"] <= 1 for s in steps)

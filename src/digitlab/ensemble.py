@@ -177,14 +177,15 @@ def select_members(
     device: str | None = None,
     dataset: Any = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[list[Path], list[dict[str, Any]]]:
+) -> tuple[list[Path], dict[str, Any]]:
     """Choose up to `max_members` of `runs` on their shared validation split alone: greedy forward selection.
 
     Ensemble selection after Caruana et al. (ICML 2004), without repeats: start from the run whose calibrated
     validation log-loss is lowest, then add, one at a time, the run that lowers the ensemble's log-loss most (its
     temperature refitted at each step, as `make_ensemble` will refit it); stop at `max_members` or when no run
     lowers it. Log-loss, not accuracy: a 6,000-image split holds a few dozen errors, too few to rank sets by.
-    Returns the chosen runs in the order taken and one row per step. The test set is not read.
+    Returns the chosen runs in the order taken, and the record `make_ensemble(selection=...)` keeps in
+    metrics.json: method, `max_members`, candidates and one row per step. The test set is not read.
     """
     from digitlab.calibrate import fit_temperature, nll
     from digitlab.data import load_dataset
@@ -223,7 +224,8 @@ def select_members(
         steps.append({"added": str(members[k].rd.root), "members": len(chosen), "val_loss": loss,
                       "val_accuracy": accuracy})  # fmt: skip
         say(f"member {len(chosen)}: {members[k].rd.root.name} (validation log-loss {loss:.4f}, {accuracy:.2%})")
-    return [Path(runs[k]) for k in chosen], steps
+    record = {"method": SELECTION, "max_members": max_members, "candidates": [str(r) for r in runs], "steps": steps}
+    return [Path(runs[k]) for k in chosen], record
 
 
 # --------------------------------------------------------------------------------------------- a run
@@ -276,7 +278,7 @@ def make_ensemble(
 ) -> dict[str, Any]:
     """Average `runs` into the new run directory `out`; returns its metrics.json.
 
-    `selection`: how the runs were chosen (`select_members`' candidates and steps), recorded in metrics.json.
+    `selection`: how the runs were chosen (the record `select_members` returns), kept in metrics.json.
 
     `tta`: test-time augmentation for the ensemble (None: on when any member used it). `dataset`: the members'
     dataset already loaded (tests), else loaded from their config. `sizes`: the out-of-distribution fitting sets

@@ -117,7 +117,8 @@ def load_image(source: ImageSource, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -
     if isinstance(source, np.ndarray):
         return _from_array(source, pixel_limit)
     if isinstance(source, Image.Image):
-        return _load_checked(source, pixel_limit, "image", owned=False)
+        _check_size(source, pixel_limit, "image")
+        return _decoded(source, "image", owned=False)
     if isinstance(source, (str, os.PathLike)):
         name = _shown(source)
         try:
@@ -154,8 +155,8 @@ def _decode(fp: IO[bytes], pixel_limit: int, name: str) -> Image.Image:
         raise ImageError(f"{name}: not a supported image (expected {FORMAT_NAMES})") from None
     except Exception as e:  # plugins raise SyntaxError, ValueError, struct.error ... on malformed headers
         raise ImageError(f"{name}: cannot read image header ({_one_line(e)})") from None
-    _check_size(im, pixel_limit, name)
-    return _plain_png(im) or _load_checked(im, pixel_limit, name, owned=True)
+    _check_size(im, pixel_limit, name)  # before any decoder sees the pixels
+    return _plain_png(im) or _decoded(im, name, owned=True)
 
 
 def _plain_png(im: Image.Image) -> Image.Image | None:
@@ -190,10 +191,9 @@ def _check_size(im: Image.Image, pixel_limit: int, name: str) -> None:
         raise ImageError(f"{name}: image has no pixels ({w}x{h})")
 
 
-def _load_checked(im: Image.Image, pixel_limit: int, name: str, owned: bool) -> Image.Image:
-    """Check the size, decode, apply EXIF rotation; returns an image that shares nothing with the caller's `im`
-    (`owned`: `im` was opened here, so it may be returned itself)."""
-    _check_size(im, pixel_limit, name)
+def _decoded(im: Image.Image, name: str, owned: bool) -> Image.Image:
+    """Decode, apply EXIF rotation; returns an image that shares nothing with the caller's `im` (`owned`: `im`
+    was opened here, so it may be returned itself)."""
     try:
         im.load()  # a freshly opened multi-frame file sits on frame 0, so only that frame is decoded
         # Phones store "rotate 90" in EXIF instead of rotating pixels. In place when the image is ours,
@@ -312,8 +312,7 @@ def to_gray(image: Image.Image) -> np.ndarray:
     if opaque.size and np.mean(np.abs(opaque - median) > 0.4) >= 0.01:
         background = median
     else:
-        ink = float(out.sum() / alpha.sum())  # the ink's mean colour
-        background = 1.0 if ink < 0.5 else 0.0
+        background = _contrasting(float(out.sum() / alpha.sum()))  # from the ink's mean colour
     under = 1 - alpha
     under *= background
     out += under
@@ -423,11 +422,16 @@ def _gray_of(im: Image.Image, pixels: int = WORK_PIXELS) -> tuple[np.ndarray, fl
         elif im.mode in ("RGBA", "LA"):
             luma, alpha = im.convert("L"), im.getchannel("A")
             lo, hi = luma.getextrema()
-            if lo == hi and alpha.getextrema()[1] > 0:  # one colour under all the ink: a canvas export
+            if lo == hi:  # one colour under all the ink: a canvas export
                 return _one_colour(alpha.resize(work, Image.Resampling.BOX), lo / 255), scale, size
             im = Image.merge("LA", (luma, alpha))
         return to_gray(im.resize(work, Image.Resampling.BOX)), scale, size
     return to_gray(im), 1.0, im.size
+
+
+def _contrasting(ink: float) -> float:
+    """The background a transparent image is composited over: white under dark ink, black under light ink."""
+    return 1.0 if ink < 0.5 else 0.0
 
 
 def _one_colour(alpha: Image.Image, colour: float) -> np.ndarray:
@@ -440,7 +444,7 @@ def _one_colour(alpha: Image.Image, colour: float) -> np.ndarray:
     a = _unit_float(np.asarray(alpha))
     if not a.any():
         return a  # nothing drawn at all, as `to_gray` says
-    background = 1.0 if colour < 0.5 else 0.0
+    background = _contrasting(colour)
     a *= colour - background
     a += background
     return a
