@@ -1,7 +1,7 @@
 """Single-image latency of the REST API, measured by a client over loopback.
 
     OMP_NUM_THREADS=1 python bench/api_latency.py runs/fast [--requests 1000] [--tta on|off] [--image canvas|mnist]
-        [--server-cpus 1 --client-cpus 0] [--out FILE.json]
+        [--server-cpus 1 --client-cpus 0] [--repeat 15] [--out FILE.json]
 
 Starts `digitlab serve RUN` on a free port (onnxruntime when the run has model.onnx), then posts one 280x280
 canvas PNG as multipart field `file` to /v1/predict, one request at a time, each on a new TCP connection
@@ -10,7 +10,8 @@ exit code after SIGTERM. Target (issue): p50 <= 3 ms, p99 <= 10 ms. Exit code 1 
 `--server-cpus` starts the server with `--cpus` (its event loop and inference thread share the cores given);
 `--client-cpus` keeps this client on others, so that the two do not take turns on one core.
 `--tta` picks the server's test-time augmentation (default off, as `digitlab serve` does; on: five forward
-passes per image).
+passes per image). `--repeat N` measures N times, each against a fresh server, and reports the median p50 and
+how many runs met the target: this VM's speed drifts from minute to minute, so one run is not a result.
 The helpers here (server start/stop, canvas PNG, RSS) are shared with bench/api_load.py.
 """
 
@@ -230,9 +231,28 @@ def main() -> int:
     )
     parser.add_argument("--server-cpus", default=None, help="`digitlab serve --cpus`: the server's cores, e.g. 1")
     parser.add_argument("--client-cpus", default=None, help="this client's cores, e.g. 0 (Linux)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure N times, each against a fresh server; report every run and the median p50 "
+        "(this VM's speed drifts by +-0.5 ms from minute to minute: one run is not a result)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
+    runs = []
+    for i in range(args.repeat):
+        runs.append(measure(args))
+        report(args, runs[-1], f"run {i + 1}/{args.repeat}: " if args.repeat > 1 else "")
+    result = runs[-1] if args.repeat == 1 else summarize_runs(runs)
+    write_json(args.out, result)
+    return 1 if any(r["errors"] for r in runs) else 0
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One measurement: a fresh server, warm-up, `args.requests` timed requests, then /healthz and RSS."""
     body, content_type = multipart("file", "image.png", IMAGES[args.image][1]())
     headers = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close"}
     extra = ["--tta" if args.tta == "on" else "--no-tta"] + (["--cpus", args.server_cpus] if args.server_cpus else [])
@@ -251,21 +271,23 @@ def main() -> int:
         srv1 = scrape(port, "digitlab_http_request_duration_seconds", f'route="{args.endpoint}",status="200"')
         health = timed_requests(port, min(args.requests, 300), "GET", "/healthz", None, {"Connection": "close"})
         rss_end = tree_rss_bytes(srv["pid"])
+    if args.client_cpus:  # the next run's server must not inherit them
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
     times = [t for t, _ in rows]
     statuses: dict[int, int] = {}
     for _, status in rows:
         statuses[status] = statuses.get(status, 0) + 1
-    errors = len(rows) - statuses.get(200, 0)
 
     def mean_ms(a: tuple[float, float], b: tuple[float, float]) -> float | None:
         return round(1000 * (b[0] - a[0]) / (b[1] - a[1]), 3) if b[1] > a[1] else None
 
     figures = summarize_ms(times)
-    result = {
+    return {
         "bench": "api_latency", "run": str(args.run), "backend": model.get("backend"), "tta": model.get("tta"),
         "endpoint": args.endpoint,
         "image": f"{IMAGES[args.image][0]}, multipart, new connection per request", "requests": len(times),
-        "errors": errors, "statuses": {str(k): v for k, v in sorted(statuses.items())}, **figures,
+        "errors": len(rows) - statuses.get(200, 0), "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        **figures,
         "target": {"p50_ms": TARGET_P50_MS, "p99_ms": TARGET_P99_MS},
         "meets_target": figures["p50_ms"] <= TARGET_P50_MS and figures["p99_ms"] <= TARGET_P99_MS,
         "breakdown_mean_ms": {"server_request": mean_ms(srv0, srv1), "decode_preprocess_model": mean_ms(inf0, inf1),
@@ -274,21 +296,38 @@ def main() -> int:
         "server_exit_code": srv.get("exit_code"), "machine": machine(),
         "cpus": {"server": args.server_cpus or "any", "client": args.client_cpus or "any"},
     }  # fmt: skip
+
+
+def report(args: argparse.Namespace, result: dict, prefix: str = "") -> None:
     verdict = "met" if result["meets_target"] else "MISSED"
     rss = result["server_rss_mb"]
-    print(f"{args.endpoint} ({result['backend']}, TTA {args.tta}), {len(times)} requests, new connection each: "
-          f"p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms  p99 {figures['p99_ms']:.2f} ms  "
-          f"(target p50 <= {TARGET_P50_MS:g}, p99 <= {TARGET_P99_MS:g}: {verdict}); errors {errors}; "
-          f"server RSS {rss['start']} -> {rss['end']} MiB; exit code after SIGTERM {result['server_exit_code']}; "
-          f"load avg {result['machine']['load_avg_1m']}; cores: server {result['cpus']['server']}, "
-          f"client {result['cpus']['client']}")  # fmt: skip
+    print(f"{prefix}{args.endpoint} ({result['backend']}, TTA {args.tta}), {result['requests']} requests, new "
+          f"connection each: p50 {result['p50_ms']:.2f} ms  p90 {result['p90_ms']:.2f} ms  p99 "
+          f"{result['p99_ms']:.2f} ms  (target p50 <= {TARGET_P50_MS:g}, p99 <= {TARGET_P99_MS:g}: {verdict}); "
+          f"errors {result['errors']}; server RSS {rss['start']} -> {rss['end']} MiB; exit code after SIGTERM "
+          f"{result['server_exit_code']}; load avg {result['machine']['load_avg_1m']}; cores: server "
+          f"{result['cpus']['server']}, client {result['cpus']['client']}", flush=True)  # fmt: skip
     print(
         "mean server time per request {server_request} ms, of which decoding + preprocessing + model "
         "{decode_preprocess_model} ms; GET /healthz round trip p50 {healthz_roundtrip_p50} ms (HTTP and framework "
-        "overhead)".format(**result["breakdown_mean_ms"])
+        "overhead)".format(**result["breakdown_mean_ms"]),
+        flush=True,
     )
-    write_json(args.out, result)
-    return 1 if errors else 0
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """The series: every run's p50/p99, the median p50 and how many runs met the target; the last run in full."""
+    p50s = [r["p50_ms"] for r in runs]
+    summary = {
+        "runs": len(runs), "p50_ms_median": round(statistics.median(p50s), 3),
+        "p50_ms_range": [min(p50s), max(p50s)], "p99_ms_max": max(r["p99_ms"] for r in runs),
+        "runs_meeting_target": sum(r["meets_target"] for r in runs), "errors": sum(r["errors"] for r in runs),
+        "p50_ms_each": p50s, "p99_ms_each": [r["p99_ms"] for r in runs],
+    }  # fmt: skip
+    print(f"{len(runs)} runs: p50 median {summary['p50_ms_median']:.2f} ms (range {min(p50s):.2f}-{max(p50s):.2f}); "
+          f"p99 at most {summary['p99_ms_max']:.2f} ms; target met in {summary['runs_meeting_target']} of "
+          f"{len(runs)}; errors {summary['errors']}")  # fmt: skip
+    return {**runs[-1], "series": summary}
 
 
 if __name__ == "__main__":
