@@ -256,6 +256,7 @@ def measure(args: argparse.Namespace) -> dict:
     body, content_type = multipart("file", "image.png", IMAGES[args.image][1]())
     headers = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close"}
     extra = ["--tta" if args.tta == "on" else "--no-tta"] + (["--cpus", args.server_cpus] if args.server_cpus else [])
+    own_cpus = os.sched_getaffinity(0)
     with server(args.run, backend=args.backend, extra=extra) as srv:
         if args.client_cpus:  # now, so that an unpinned server does not inherit the client's cores
             os.sched_setaffinity(0, parse_cpus(args.client_cpus))
@@ -271,8 +272,7 @@ def measure(args: argparse.Namespace) -> dict:
         srv1 = scrape(port, "digitlab_http_request_duration_seconds", f'route="{args.endpoint}",status="200"')
         health = timed_requests(port, min(args.requests, 300), "GET", "/healthz", None, {"Connection": "close"})
         rss_end = tree_rss_bytes(srv["pid"])
-    if args.client_cpus:  # the next run's server must not inherit them
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    os.sched_setaffinity(0, own_cpus)  # the next run's server must not inherit the client's cores
     times = [t for t, _ in rows]
     statuses: dict[int, int] = {}
     for _, status in rows:

@@ -470,8 +470,8 @@ def open_app(page, url: str):
     canvas = page.locator("canvas.upper-canvas")  # Fabric's event layer, over the drawing layer
     canvas.wait_for(timeout=60_000)
     page.get_by_text(app.EMPTY_HINT).wait_for(timeout=30_000)
-    # Strokes go to the canvas's on-screen box: wait until the layout has settled (the component's iframe
-    # resizes once after it loads), or a stroke can land beside the canvas and no digit ever appears.
+    # Strokes go to the canvas's on-screen box: wait until it stops moving (the component's iframe may still
+    # be laid out when the hint shows), or a stroke can land beside the canvas and no digit ever appears.
     box, deadline = None, time.monotonic() + 10
     while time.monotonic() < deadline:
         page.wait_for_timeout(150)
