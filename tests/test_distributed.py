@@ -95,7 +95,7 @@ def test_ctrl_c_stops_every_rank_and_resume_under_torchrun_finishes(tmp_path):
     said = [line for line in ours.splitlines() if line.startswith("interrupted: checkpoint saved")]
     assert said == [f"interrupted: checkpoint saved; continue with `digitlab train --resume {out}`"]  # rank 0 alone
 
-    ckpt = torch.load(out / "checkpoint" / "last.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint" / "last.pt", weights_only=True)
     done = ckpt["state"]["epoch"]
     assert 1 <= done < 50
     assert len(ckpt["rng"]) == 2  # one state per rank: their augmentation and dropout streams differ

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ def tiny(preset: str = "fast", **changes):
 
 
 def weights(run_dir, name="best"):
-    return torch.load(run_dir / "checkpoint" / f"{name}.pt", weights_only=name == "best")["state_dict"]
+    return torch.load(run_dir / "checkpoint" / f"{name}.pt", weights_only=True)["state_dict"]
 
 
 def assert_same_weights(a, b):
@@ -90,7 +91,7 @@ def test_sigint_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path):
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
     assert (out / "checkpoint" / "last.pt").exists()
-    done = torch.load(out / "checkpoint" / "last.pt", weights_only=False)["state"]["epoch"]
+    done = torch.load(out / "checkpoint" / "last.pt", weights_only=True)["state"]["epoch"]
     assert 1 <= done < 30
 
     # finish quickly: the resumed run keeps the saved config, so shorten it through the config file
@@ -156,7 +157,7 @@ def test_ema_weights_are_the_ones_kept_and_their_gain_is_recorded(tmp_path, mnis
     best, raw = weights(tmp_path / "r"), weights(tmp_path / "r", "last")
     assert best.keys() == raw.keys()
     assert any(not torch.equal(best[k], raw[k]) for k in best if k.endswith("weight"))  # the average, not the last step
-    ema = torch.load(tmp_path / "r" / "checkpoint" / "last.pt", weights_only=False)["ema"]
+    ema = torch.load(tmp_path / "r" / "checkpoint" / "last.pt", weights_only=True)["ema"]
     assert all(torch.equal(best[k], ema["module." + k]) for k in best)
 
 
@@ -181,3 +182,30 @@ def test_cli_set_changes_any_field_and_no_test_skips_the_test_set(tmp_path):
     assert res.returncode == 1 and "unknown config field(s): turbo" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("train", "--preset", "fast", "--set", "elastic", "--out", tmp_path / "y")
     assert res.returncode == 1 and "--set takes key=value" in res.stderr
+
+
+def test_resume_never_runs_code_from_a_checkpoint(tmp_path):
+    """A run directory from anywhere must not execute its author's code: every checkpoint load is weights-only."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    out = tmp_path / "evil"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "config.json").write_text(tiny("fast").to_json())
+    for name in ("last.pt", "best.pt"):
+        with open(out / "checkpoint" / name, "wb") as f:
+            pickle.dump({"model": "fast", "state_dict": Payload()}, f)
+    res = run_cli("train", "--resume", out)
+    assert res.returncode == 1 and "not a safe digitlab checkpoint" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "x.png")
+    res = run_cli("predict", out, "--format", "json", str(tmp_path / "x.png"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert not marker.exists()

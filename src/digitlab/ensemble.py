@@ -38,7 +38,7 @@ from torch import nn
 from digitlab.config import TrainConfig
 from digitlab.errors import ConfigError, RunDirError
 from digitlab.models import build_model, count_params
-from digitlab.rundir import RunDir, read_json_lenient, save_weights
+from digitlab.rundir import RunDir, load_checkpoint, read_json_lenient, save_weights
 
 # What `train.split_data` makes the training and validation split from: members must agree on all of them.
 SPLIT_FIELDS = ("data", "limit", "val_fraction", "split_seed")
@@ -149,10 +149,7 @@ def load_members(runs: Sequence[Path | str]) -> list[Member]:
             )
     members = []
     for rd, config in zip(rds, configs, strict=True):
-        try:
-            ckpt = torch.load(rd.best, map_location="cpu", weights_only=True)
-        except Exception as e:  # a corrupt or truncated file: report it in one line
-            raise RunDirError(f"cannot load checkpoint {rd.best}: {' '.join(str(e).split())}") from None
+        ckpt = load_checkpoint(rd.best)
         members.append(Member(rd, config, str(ckpt["model"]), dict(ckpt.get("model_args") or {}), ckpt["state_dict"],
                               read_temperature(rd), read_json_lenient(rd.metrics)))  # fmt: skip
     return members

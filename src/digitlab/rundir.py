@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,29 +99,50 @@ def read_json_lenient(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def save_weights(path: Path, model: nn.Module, config: TrainConfig, **extra: Any) -> None:
-    """A self-describing checkpoint: the model's name and arguments travel with its weights."""
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically (a kill mid-write leaves the previous file whole)."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": config.model, "model_args": config.model_args, "state_dict": model.state_dict(),
-                "config": json.loads(config.to_json()), **extra}, tmp)  # fmt: skip
+    torch.save(payload, tmp)
     tmp.replace(path)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely: `weights_only=True` never runs code from the file, whoever wrote it."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickles before refusing them: the error says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise RunDirError(f"no checkpoint at {path}") from None
+    except Exception as e:  # corrupt, truncated, or a pickle that asks for code: report it in one line
+        first = " ".join(str(e).split())[:200]
+        raise RunDirError(f"cannot load checkpoint {path} (not a safe digitlab checkpoint): {first}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model" not in ckpt:
+        raise RunDirError(f"cannot load checkpoint {path}: not a digitlab checkpoint")
+    return ckpt
+
+
+def save_weights(path: Path, model: nn.Module, config: TrainConfig, **extra: Any) -> None:
+    """A self-describing checkpoint: the model's name and arguments travel with its weights."""
+    save_checkpoint(path, {"model": config.model, "model_args": config.model_args, "state_dict": model.state_dict(),
+                           "config": json.loads(config.to_json()), **extra})  # fmt: skip
 
 
 def load_model(run: Path | RunDir, checkpoint: str = "best", device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model from a run directory's checkpoint alone, in eval mode."""
-    import torch
-
     from digitlab.models import build_model
 
     rd = run if isinstance(run, RunDir) else RunDir(Path(run))
     path = rd.require().best if checkpoint == "best" else rd.last
+    ckpt = load_checkpoint(path, device)
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a corrupt or truncated file: report it in one line
-        raise RunDirError(f"cannot load checkpoint {path}: {e}") from None
-    model = build_model(ckpt["model"], **ckpt.get("model_args", {}))
-    model.load_state_dict(ckpt["state_dict"])
+        model = build_model(ckpt["model"], **ckpt.get("model_args", {}))
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as e:  # weights that do not fit the named model
+        raise RunDirError(f"cannot load checkpoint {path}: {' '.join(str(e).split())[:200]}") from None
     return model.to(device).eval()

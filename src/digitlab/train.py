@@ -36,7 +36,7 @@ from digitlab.distributed import Dist, init_distributed, shutdown
 from digitlab.errors import ConfigError, RunDirError
 from digitlab.evaluate import pick_device, predict_logits, to_tensor
 from digitlab.models import build_model, count_params
-from digitlab.rundir import RunDir, save_weights
+from digitlab.rundir import RunDir, load_checkpoint, save_checkpoint, save_weights
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
@@ -215,16 +215,12 @@ class _State:
 
 
 def _save_last(rd: RunDir, model, opt, sched, scaler, ema, state: _State, rng: list[dict], config: TrainConfig) -> None:
-    path = rd.last
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({
+    save_checkpoint(rd.last, {
         "model": config.model, "model_args": config.model_args, "state_dict": model.state_dict(),
         "config": json.loads(config.to_json()), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
         "state": state.to_dict(), "rng": rng,
-    }, tmp)  # fmt: skip
-    tmp.replace(path)
+    })  # fmt: skip
 
 
 def train(
@@ -331,7 +327,7 @@ def _fit(
     if dd.is_main:
         rd.root.mkdir(parents=True, exist_ok=True)
     if resume:
-        ckpt = torch.load(rd.last, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(rd.last, device)
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -346,7 +342,7 @@ def _fit(
         rng = saved[dd.rank]
         gen.set_state(rng["generator"])
         torch.set_rng_state(rng["torch_rng"])
-        np.random.set_state(rng["numpy_rng"])
+        np.random.set_state(_numpy_rng_from_tensors(rng["numpy_rng"]))
         random.setstate(rng["python_rng"])
     elif dd.is_main:
         rd.config.write_text(config.to_json() + "\n")
@@ -462,8 +458,16 @@ def _fit(
 
 
 def _rng_states(gen: torch.Generator) -> dict[str, Any]:
-    return {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+    """Every RNG's state in types `torch.load(weights_only=True)` accepts (tensors, numbers, tuples)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    numpy_rng = {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                 "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+    return {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "numpy_rng": numpy_rng,
             "python_rng": random.getstate()}  # fmt: skip
+
+
+def _numpy_rng_from_tensors(d: dict[str, Any]) -> tuple:
+    return d["kind"], d["key"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"]
 
 
 def finish_run(
