@@ -8,7 +8,7 @@ the shared validation split (`digitlab ensemble --select K`); the test set is st
 
 The runs must share their validation split (`bench/fast.py --split-seed 0 --runs runs/ens`). Each ensemble is a
 `digitlab ensemble` run directory (under --keep, default a temporary folder): calibrated on the shared validation
-split, then evaluated once on the official test set. Target (issue #7): >= 99.80% with <= 10 members. The 2-core
+split, then evaluated once on the official test set. Target: >= 99.80% with <= 10 members. The 2-core
 training time of an ensemble is the sum of its members' `train_seconds` (they train one after another).
 """
 

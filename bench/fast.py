@@ -6,8 +6,8 @@
     python bench/fast.py --preset accurate --set model=strided --name strided --seeds 0 1 2 3 4 --split-seed 0 \
         --runs runs/ens --out bench/results/strided.json
 
-Targets: `fast` >= 99.60% official test accuracy in <= 60 s of training on 2 CPU cores (issue #2); `accurate`
->= 99.70% (issue #7). Each seed is a full `digitlab train --preset P --seed S` run; the test set is only read by
+Targets: `fast` >= 99.60% official test accuracy in <= 60 s of training on 2 CPU cores; `accurate`
+  >= 99.70%. Each seed is a full `digitlab train --preset P --seed S` run; the test set is only read by
 the final evaluation. `--split-seed` gives every run the same validation split, so that the runs (kept with
 `--runs`) can be ensembled: `bench/ensembles.py`.
 """

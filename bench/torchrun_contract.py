@@ -1,4 +1,4 @@
-"""The torchrun contract (issue #6): two gloo ranks train the `fast` preset for one epoch and pass the bar.
+"""The torchrun contract: two gloo ranks train the `fast` preset for one epoch and pass the bar.
 
     python bench/torchrun_contract.py --out-json bench/results/torchrun.json
 

@@ -381,10 +381,17 @@ def test_apptest_missing_run_is_one_friendly_line(monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------------------------- the browser
 
-needs_browser = pytest.mark.skipif(
+_browser_missing = pytest.mark.skipif(
     not CHROMIUM.exists() or importlib.util.find_spec("playwright") is None,
-    reason="needs /usr/bin/chromium (apt-get install chromium) and playwright (pip install -e '.[dev]')",
+    reason="needs /usr/bin/chromium (bash scripts/test.sh installs it) and playwright (pip install -e '.[dev]')",
 )
+
+
+def needs_browser(test):
+    """A real-browser test: marked `browser` (deselect with -m "not browser"), skipped with a reason without one."""
+    return pytest.mark.browser(_browser_missing(test))
+
+
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync"]  # fmt: skip
 DIGIT_JS = "d => { const e = document.querySelector('.dl-digit'); return e !== null && e.textContent.trim() === d; }"

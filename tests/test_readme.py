@@ -1,4 +1,5 @@
-"""The README's commands stay true: CI runs its two first-screen commands, and every `digitlab` line parses."""
+"""The README's commands stay true: CI runs its two first-screen commands, and every `digitlab` line in the README
+and docs/ parses; links between the pages resolve in a clone."""
 
 import re
 import shlex
@@ -9,11 +10,12 @@ from conftest import REPO
 from digitlab.cli import app
 
 README = (REPO / "README.md").read_text()
+DOCS = "\n".join(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))
 CI = (REPO / ".ci" / "run").read_text()
 
 
-def code_lines() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+def code_lines(text: str = README) -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
     return [line for line in lines if line]
 
@@ -27,7 +29,7 @@ def test_first_screen_commands_are_what_ci_runs():
 
 def test_every_digitlab_command_in_the_readme_exists():
     runner = CliRunner()
-    commands = [line for line in code_lines() if line.startswith("digitlab ")]
+    commands = [line for line in code_lines(README + DOCS) if line.startswith("digitlab ")]
     assert len(commands) >= 15
     for line in commands:
         words = shlex.split(line)[1:]
@@ -37,3 +39,14 @@ def test_every_digitlab_command_in_the_readme_exists():
         assert res.exit_code == 0, (line, res.output)
         for option in (w for w in words if w.startswith("--")):
             assert option.split("=")[0] in res.output, (line, option)
+
+
+def test_links_in_readme_and_docs_resolve():
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), (page.name, target)
+
+
+def test_readme_reads_in_five_minutes():
+    assert len(README.encode()) < 8_500

@@ -80,7 +80,7 @@ class TrainConfig:
         return replace(self, **changes)
 
 
-# The documented reference model ("seed"), faithfully: see ../shared/REFERENCE.md and docs/seed.md.
+# The documented reference model ("seed"), faithfully: see docs/reference.md and docs/results.md.
 SEED = TrainConfig()
 
 # Our fast recipe: the best accuracy per second of training on 2 CPU cores. Each trick and what it buys

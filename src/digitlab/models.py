@@ -26,7 +26,7 @@ class Normalize(nn.Module):
 
 
 class SeedNet(nn.Module):
-    """The reference model, layer for layer as ../shared/REFERENCE.md lists it.
+    """The reference model, layer for layer as docs/reference.md lists it.
 
     The reference's Keras code is not given and its "~2.1M parameters" matches no reading of its layer list.
     We read it with Keras's default `padding="valid"` (537,386 parameters); `padding="same"` gives 3,486,506.
