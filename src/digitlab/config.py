@@ -9,6 +9,8 @@ from typing import Any
 
 from digitlab.errors import ConfigError
 
+CORRUPT_OPS = ("noise", "blur", "strokes", "background", "outline", "erase")  # noise_augment.OPS, in this order
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -42,6 +44,8 @@ class TrainConfig:
     elastic: float = 0.0  # augmentation: elastic distortion strength in pixels (Simard's alpha; 0: off)
     elastic_sigma: float = 4.0  # augmentation: smoothness of the elastic field in pixels
     thicken: float = 0.0  # augmentation: share of images whose strokes are fattened (0: off; fat-pen input)
+    corrupt: float = 0.0  # augmentation: share of images given one degradation from `corrupt_ops` (0: off)
+    corrupt_ops: list[str] = field(default_factory=lambda: list(CORRUPT_OPS))  # names in noise_augment.OPS
     ema: float | None = None  # decay of an exponential moving average of the weights, per step; None: off
     tta: bool = False  # test-time augmentation (average over small shifts) at evaluation
     eval_every: int = 1  # validate every N epochs (the last epoch is always validated)

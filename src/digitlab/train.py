@@ -36,6 +36,7 @@ from digitlab.distributed import Dist, init_distributed, shutdown
 from digitlab.errors import ConfigError, RunDirError
 from digitlab.evaluate import pick_device, predict_logits, to_tensor
 from digitlab.models import build_model, count_params
+from digitlab.noise_augment import corruption_augment
 from digitlab.rundir import RunDir, load_checkpoint, save_checkpoint, save_weights
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
@@ -372,6 +373,7 @@ def _fit(
             x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate, aug_gen, config.elastic,
                               config.elastic_sigma)  # fmt: skip
             x = thicken_strokes(x, config.thicken, aug_gen)
+            x = corruption_augment(x, config.corrupt, config.corrupt_ops, aug_gen)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx]
