@@ -19,7 +19,16 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from digitlab.batch import COLUMNS, check_out, kaggle_submission, list_inputs, predict_files, read_done
+from digitlab.batch import (
+    COLUMNS,
+    check_out,
+    input_root,
+    kaggle_submission,
+    keyed_inputs,
+    list_inputs,
+    predict_files,
+    read_done,
+)
 from digitlab.errors import ConfigError
 from digitlab.predict import Predictor
 
@@ -61,10 +70,10 @@ def folder(mnist, tmp_path_factory) -> Path:
 
 def read_rows(path: Path) -> list[dict]:
     if path.suffix == ".csv":
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
@@ -79,6 +88,34 @@ def test_list_inputs_walks_folders_in_order_and_keeps_files_as_given(folder):
     assert deep[: len(top)] == top and [Path(f).name for f in deep[len(top) :]] == ["s0.PNG", "s1.png"]
     # a file named explicitly is kept whatever its suffix; each file appears once
     assert list_inputs([folder / "notes.txt", folder, folder / "d00.png"]) == [str(folder / "notes.txt"), *top]
+    assert list_inputs([folder, f"{folder}/.", "/" + str(folder)]) == top  # however many ways it is spelled
+
+
+def test_keys_are_paths_relative_to_the_folder_holding_every_input(folder):
+    real = os.path.realpath(folder)
+    assert input_root([folder]) == real and list(keyed_inputs([folder / "sub"], True)) == ["s0.PNG", "deeper/s1.png"]
+    assert input_root([folder / "d00.png"]) == real and list(keyed_inputs([folder / "d00.png"])) == ["d00.png"]
+    both = keyed_inputs([folder / "sub", folder / "sub" / ".." / "d00.png"], recursive=True)
+    assert list(both) == ["sub/s0.PNG", "sub/deeper/s1.png", "d00.png"]
+    assert list(both.values()) == [str(folder / "sub" / "s0.PNG"), str(folder / "sub" / "deeper" / "s1.png"),
+                                   str(folder / "sub" / ".." / "d00.png")]  # fmt: skip
+
+
+def test_resume_matches_files_however_their_folder_is_spelled(predictor, folder, tmp_path, monkeypatch):
+    link = tmp_path / "link"
+    link.symlink_to(folder, target_is_directory=True)
+    monkeypatch.chdir(folder.parent)
+    out = tmp_path / "r.csv"
+    predict_files(predictor, [folder.name], out, recursive=True, workers=0)
+    for spelling in (str(folder), "/" + str(folder), f"{folder.parent}/./{folder.name}", f"{folder.name}/", link):
+        s = predict_files(predictor, [spelling], out, recursive=True, resume=True, workers=0)
+        assert (s.skipped, s.written) == (16, 0), spelling
+    rows = read_rows(out)
+    assert sorted(r["key"] for r in rows) == sorted(keyed_inputs([folder], recursive=True)) and len(rows) == 16
+    assert rows[0]["file"] == f"{folder.name}/blank.png"  # the path as it was given
+    # another root (here: the subfolder alone) would key the same files differently: refused, not duplicated
+    with pytest.raises(ConfigError, match="none of the 16 rows .* is a file of these inputs"):
+        predict_files(predictor, [folder / "sub"], out, resume=True, workers=0)
 
 
 @pytest.mark.parametrize("workers,pool", [(0, "process"), (2, "thread"), (1, "process")])
@@ -137,7 +174,7 @@ def test_parquet_output_resume_and_a_killed_journal(predictor, folder, tmp_path)
     out2 = tmp_path / "k.parquet"
     journal = tmp_path / "k.parquet.partial.jsonl"
     journal.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + '{"fi')
-    assert read_done(out2) == {r["file"] for r in rows[:3]}
+    assert read_done(out2) == {r["key"] for r in rows[:3]}
     s = predict_files(predictor, [folder], out2, recursive=True, resume=True, workers=0)
     assert (s.skipped, s.written) == (3, 13) and not journal.exists()
     assert sorted(r["file"] for r in read_rows(out2)) == sorted(list_inputs([folder], True))
@@ -211,17 +248,20 @@ def test_cli_killed_job_resumes_with_every_file_once(onnx_run, mnist, tmp_path):
     assert not any(_alive(p) for p in workers)
 
     kept = read_rows(out) if out.read_bytes().endswith(b"\n") else None  # (the last row may be cut off)
-    r = run_cli("predict", onnx_run, scans, "--recursive", "--out", out, "--backend", "onnx", "--resume",
+    link = tmp_path / "link"  # resumed through a symlink, with a "/." on the end: the same files all the same
+    link.symlink_to(scans, target_is_directory=True)
+    r = run_cli("predict", onnx_run, f"{link}/.", "--recursive", "--out", out, "--backend", "onnx", "--resume",
                 "--batch-size", "256")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "already there" in r.stdout and "images/s" in r.stdout and "Traceback" not in r.stderr
     rows = read_rows(out)
-    files = [row["file"] for row in rows]
-    assert len(files) == n and set(files) == {str(p) for p in scans.rglob("*.png")}
+    keys = [row["key"] for row in rows]
+    assert len(keys) == n and set(keys) == {p.relative_to(scans).as_posix() for p in scans.rglob("*.png")}
+    assert {os.path.realpath(row["file"]) for row in rows} == {str(p.resolve()) for p in scans.rglob("*.png")}
     assert {row["status"] for row in rows} <= {"ok", "not_a_digit"}
     if kept is not None:
         assert rows[: len(kept)] == kept  # the rows written before the kill stay as they were
-    assert out.read_text().count("file,digit,confidence") == 1
+    assert out.read_text().count("file,key,digit,confidence") == 1
 
 
 def test_cli_kaggle_submission(tiny_run, mnist, tmp_path):

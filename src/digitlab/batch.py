@@ -8,7 +8,9 @@ Each file is decoded and preprocessed (`digitlab.preprocess`, as `Predictor.pred
 CHUNK files per task, with at most IN_FLIGHT tasks per worker submitted ahead, so memory stays flat however
 many files there are. The main process runs the model over batches (`Predictor.classify`: the run's temperature
 and "not a digit" rule), appends one row per file, errors included, and flushes after every batch: a killed
-job loses at most its last batch, and `resume` skips the files already in the output.
+job loses at most its last batch, and `resume` skips the files already in the output. Rows are keyed by the
+file's path relative to the input root (`input_root`), so a resume may spell the folder differently (relative,
+absolute, through a symlink); the columns and the escaping of odd file names are in `digitlab.batch_output`.
 
 Worker processes for big jobs, threads for small ones: preprocessing a scan costs ~1 ms of CPU in hundreds of
 small NumPy/SciPy calls on small arrays (an MNIST-format 28x28 file, which skips re-framing, ~0.2 ms), i.e.
@@ -21,9 +23,6 @@ each worker paid ~0.4 s of CPU for its own imports).
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import signal
@@ -39,6 +38,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from digitlab.batch_output import (
+    COLUMNS,
+    OUT_FORMATS,
+    BatchOutput,
+    atomic_write,
+    check_out,
+    escape_key,
+    make_row,
+    read_done,
+)
 from digitlab.data import IMAGE_SUFFIXES
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.preprocess import preprocess
@@ -55,20 +64,19 @@ __all__ = [
     "BatchSummary",
     "check_out",
     "default_workers",
+    "input_root",
     "kaggle_submission",
+    "keyed_inputs",
     "list_inputs",
     "predict_files",
     "prepare_file",
     "read_done",
 ]
 
-COLUMNS = ("file", "digit", "confidence", "status", "message", *(f"p{d}" for d in range(10)))
-OUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 BATCH_SIZE = 256  # images per model batch, and per flush of the output
 CHUNK = 32  # files per worker task: amortises the inter-process round trip (~0.1 ms) over ~60 ms of work
 IN_FLIGHT = 4  # tasks per worker submitted ahead of the one being consumed: bounds memory, keeps workers busy
 PROCESS_MIN_FILES = 1000  # pool="auto": fewer files than this use threads (a process pool's start-up would cost more)
-PARQUET_JOURNAL = ".partial.jsonl"  # a .parquet is written at the end; until then rows go to OUT + this suffix
 
 # (status, image, message) for one file: status "ok" (image: uint8 28x28), "empty" or "error".
 Prepared = tuple[str, "np.ndarray | None", "str | None"]
@@ -85,23 +93,51 @@ def default_workers() -> int:
 # --------------------------------------------------------------------------------------------- inputs
 
 
-def list_inputs(inputs: Sequence[str | os.PathLike[str]], recursive: bool = False) -> list[str]:
-    """The files to predict, in order, each once: a file as given (whatever its suffix); a folder's image files
-    (by suffix, sorted by name), its subfolders' too with `recursive`, as paths joined onto the folder given."""
-    seen: dict[str, None] = {}
+def input_root(inputs: Sequence[str | os.PathLike[str]]) -> str:
+    """The folder the rows' keys are relative to: the deepest one holding every input, with symlinks, `.`, `..`
+    and repeated slashes resolved. A folder alone is its own root; a file alone, the folder it is in."""
+    tops = [os.fspath(t) for t in inputs]
+    tops = [os.path.realpath(t if os.path.isdir(t) else os.path.dirname(t) or ".") for t in tops]
+    try:
+        return os.path.commonpath(tops) if tops else ""
+    except ValueError:  # Windows: inputs on different drives share no folder; the keys are then absolute paths
+        return ""
+
+
+def keyed_inputs(inputs: Sequence[str | os.PathLike[str]], recursive: bool = False) -> dict[str, str]:
+    """{key: path} of the files to predict, in order, each once however many spellings of it `inputs` holds: a
+    file as given (whatever its suffix); a folder's image files (by suffix, sorted by name), its subfolders' too
+    with `recursive`, as paths joined onto the folder given. The key is the file's path relative to
+    `input_root(inputs)` (symlinked folders resolved, the file's own name kept), escaped by `escape_key`."""
+    root = input_root(inputs)
+    listed: dict[str, str] = {}
     for item in inputs:
         top = os.fspath(item)
         if not os.path.isdir(top):
-            seen.setdefault(top, None)
+            real = os.path.realpath(os.path.dirname(top) or ".")
+            listed.setdefault(_key(os.path.join(real, os.path.basename(top)), root), top)
             continue
+        real = os.path.realpath(top)
         for folder, dirs, files in os.walk(top):
             dirs.sort()
             if not recursive:
                 dirs.clear()
+            under = _key(os.path.join(real, os.path.relpath(folder, top)), root)  # once a folder: relpath is slow
+            prefix = "" if under == "." else under + "/"
             for name in sorted(files):
                 if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                    seen.setdefault(os.path.join(folder, name), None)
-    return list(seen)
+                    listed.setdefault(prefix + escape_key(name), os.path.join(folder, name))
+    return listed
+
+
+def _key(path: str, root: str) -> str:
+    rel = os.path.relpath(path, root) if root else os.path.normpath(path)
+    return escape_key(rel.replace(os.sep, "/"))
+
+
+def list_inputs(inputs: Sequence[str | os.PathLike[str]], recursive: bool = False) -> list[str]:
+    """The paths of `keyed_inputs`: the files to predict, in order, each once."""
+    return list(keyed_inputs(inputs, recursive).values())
 
 
 def prepare_file(path: str, thin: bool = False) -> Prepared:
@@ -205,185 +241,6 @@ def _prepared(
                             "after it; the rows before it are saved") from None  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------- outputs
-
-
-def _row(file: str, p: Prediction) -> dict[str, Any]:
-    probs: list[float | None] = list(p.probabilities) if p.probabilities else [None] * 10
-    return {"file": file, "digit": p.digit, "confidence": p.confidence, "status": p.status, "message": p.message,
-            **{f"p{d}": v for d, v in enumerate(probs)}}  # fmt: skip
-
-
-def _drop_partial_line(path: Path) -> None:
-    """Cut a last line without its newline (a write cut short by a kill) off `path`."""
-    with path.open("r+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        if end == 0:
-            return
-        f.seek(end - 1)
-        if f.read(1) == b"\n":
-            return
-        pos = end
-        while pos > 0:
-            step = min(65536, pos)
-            f.seek(pos - step)
-            block = f.read(step)
-            k = block.rfind(b"\n")
-            if k >= 0:
-                f.truncate(pos - step + k + 1)
-                return
-            pos -= step
-        f.truncate(0)
-
-
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    for r in rows:
-        probs = ["" if r[f"p{d}"] is None else f"{r[f'p{d}']:.6g}" for d in range(10)]
-        writer.writerow([r["file"], "" if r["digit"] is None else r["digit"], f"{r['confidence']:.6g}", r["status"],
-                         r["message"] or "", *probs])  # fmt: skip
-    return buf.getvalue()
-
-
-def _jsonl_text(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
-def _read_csv_files(path: Path) -> set[str]:
-    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return set()
-        if tuple(header) != COLUMNS:
-            raise ConfigError(f"cannot resume {path}: its header is not {','.join(COLUMNS[:5])},p0..p9")
-        return {row[0] for row in reader if row}
-
-
-def _read_jsonl_files(path: Path) -> set[str]:
-    done = set()
-    with path.open(encoding="utf-8", errors="surrogateescape") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                done.add(json.loads(line)["file"])
-            except (ValueError, KeyError, TypeError):
-                raise ConfigError(f"cannot resume {path}: line {n} is not a JSON row with a 'file'") from None
-    return done
-
-
-def _pyarrow() -> tuple[Any, Any]:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigError("writing .parquet needs pyarrow (pip install pyarrow); or use .csv or .jsonl") from None
-    return pa, pq
-
-
-def _parquet_schema(pa: Any) -> Any:
-    return pa.schema([("file", pa.string()), ("digit", pa.int64()), ("confidence", pa.float64()),
-                      ("status", pa.string()), ("message", pa.string()),
-                      *((f"p{d}", pa.float64()) for d in range(10))])  # fmt: skip
-
-
-class _Output:
-    """Append-only, flushed-per-batch rows in OUT (csv, jsonl) or, for parquet, in a JSONL journal beside OUT
-    that becomes OUT when the job completes (a parquet file is unreadable until its footer is written)."""
-
-    def __init__(self, out: Path, fsync: bool = False) -> None:
-        self.out = Path(out)
-        self.format = OUT_FORMATS.get(self.out.suffix.lower(), "")
-        if not self.format:
-            raise ConfigError(f"{self.out}: the output must end in {', '.join(OUT_FORMATS)}")
-        if self.format == "parquet":
-            _pyarrow()
-        self.journal = self.out.with_name(self.out.name + PARQUET_JOURNAL) if self.format == "parquet" else self.out
-        self.fsync = fsync
-        self._f: io.TextIOWrapper | None = None
-
-    def exists(self) -> bool:
-        return self.out.exists() or self.journal.exists()
-
-    def done(self) -> set[str]:
-        """The files already in the output (a cut-off last line is removed first)."""
-        if self.journal.exists():
-            _drop_partial_line(self.journal)
-            return _read_csv_files(self.journal) if self.format == "csv" else _read_jsonl_files(self.journal)
-        if self.format == "parquet" and self.out.exists():
-            return set(self._parquet_files())
-        return set()
-
-    def _parquet_files(self) -> Iterator[str]:
-        _, pq = _pyarrow()
-        try:
-            for batch in pq.ParquetFile(self.out).iter_batches(columns=["file"]):
-                yield from batch.column(0).to_pylist()
-        except Exception as e:  # ArrowInvalid and friends: not (or no longer) a parquet file
-            raise ConfigError(f"cannot resume {self.out}: not a readable parquet file ({e})") from None
-
-    def open(self) -> None:
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        if self.format == "parquet" and not self.journal.exists() and self.out.exists():
-            _, pq = _pyarrow()  # resuming a finished file: its rows go back into the journal first
-            with self.journal.open("w", encoding="utf-8") as f:
-                for batch in pq.ParquetFile(self.out).iter_batches():
-                    f.write(_jsonl_text(batch.to_pylist()))
-        fresh = not self.journal.exists() or self.journal.stat().st_size == 0
-        self._f = self.journal.open("a", encoding="utf-8", errors="surrogateescape", newline="")
-        if fresh and self.format == "csv":
-            self._write(",".join(COLUMNS) + "\n")
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        self._write(_csv_text(rows) if self.format == "csv" else _jsonl_text(rows))
-
-    def _write(self, text: str) -> None:
-        assert self._f is not None
-        self._f.write(text)
-        self._f.flush()
-        if self.fsync:
-            os.fsync(self._f.fileno())
-
-    def close(self, complete: bool) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-        if complete and self.format == "parquet" and self.journal.exists():
-            self._journal_to_parquet()
-
-    def _journal_to_parquet(self, rows_per_group: int = 65536) -> None:
-        pa, pq = _pyarrow()
-        schema = _parquet_schema(pa)
-        tmp = self.out.with_name(self.out.name + ".tmp")
-        with pq.ParquetWriter(tmp, schema) as writer, self.journal.open(encoding="utf-8") as f:
-            rows: list[dict[str, Any]] = []
-            for line in f:
-                if line.strip():
-                    rows.append(json.loads(line))
-                if len(rows) >= rows_per_group:
-                    writer.write_table(pa.Table.from_pylist(rows, schema))
-                    rows = []
-            if rows:
-                writer.write_table(pa.Table.from_pylist(rows, schema))
-        os.replace(tmp, self.out)
-        self.journal.unlink()
-
-
-def check_out(out: str | os.PathLike[str], resume: bool = False) -> None:
-    """Raise ConfigError now, before any work, if `out` cannot be the output of `predict_files`: an unknown
-    suffix, .parquet without pyarrow, or an existing output without `resume`."""
-    output = _Output(Path(out))
-    if output.exists() and not resume:
-        raise ConfigError(f"{output.out} already exists: add --resume to continue it, or remove it first")
-
-
-def read_done(out: str | os.PathLike[str]) -> set[str]:
-    """The `file` values already in a batch output (.csv, .jsonl or .parquet, finished or cut off)."""
-    return _Output(Path(out)).done()
-
-
 # --------------------------------------------------------------------------------------------- the job
 
 
@@ -407,16 +264,20 @@ class BatchSummary:
         return self.written / self.seconds if self.seconds > 0 else math.nan
 
 
-def _classify_batch(predictor: Predictor, items: list[tuple[str, Prepared]]) -> list[dict[str, Any]]:
+# (path, key, prepared) for one file
+Item = tuple[str, str, Prepared]
+
+
+def _classify_batch(predictor: Predictor, items: list[Item]) -> list[dict[str, Any]]:
     from digitlab.predict import Prediction
 
-    ok = [k for k, (_, (status, _, _)) in enumerate(items) if status == "ok"]
+    ok = [k for k, (_, _, (status, _, _)) in enumerate(items) if status == "ok"]
     preds: list[Prediction | None] = [None] * len(items)
-    for k, pred in zip(ok, predictor.classify([items[k][1][1] for k in ok]), strict=True):
+    for k, pred in zip(ok, predictor.classify([items[k][2][1] for k in ok]), strict=True):
         preds[k] = pred
     rows = []
-    for (file, (status, _, message)), pred in zip(items, preds, strict=True):
-        rows.append(_row(file, pred or Prediction(None, [], 0.0, status, message)))
+    for (file, key, (status, _, message)), pred in zip(items, preds, strict=True):
+        rows.append(make_row(file, key, pred or Prediction(None, [], 0.0, status, message)))
     return rows
 
 
@@ -434,16 +295,18 @@ def predict_files(
     prepare: Callable[[str], Prepared] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BatchSummary:
-    """Predict every image file in `inputs` (files and folders, see `list_inputs`) into `out` (.csv, .jsonl or
+    """Predict every image file in `inputs` (files and folders, see `keyed_inputs`) into `out` (.csv, .jsonl or
     .parquet; columns COLUMNS), one row per file, a failed file included as a row with status "error".
 
-    `resume`: continue an existing `out`, skipping the files already in it (an existing `out` is an error
-    otherwise). `workers`: decoding workers (default one per CPU; 0 decodes in this thread), processes or
-    threads as `pool` says ("auto": processes from PROCESS_MIN_FILES files to do, threads below). `fsync`
-    after every batch guards against power loss too, not just a killed job. `prepare(path) -> (status,
-    image, message)`: the per-file work (default `prepare_file` with the predictor's `thin`); a module-level
-    function for processes. `progress(done, total)` after each batch. Ctrl+C (KeyboardInterrupt) propagates
-    once the rows of the finished batches are safe in `out`.
+    `resume`: continue an existing `out`, skipping the files whose key is already in it (an existing `out` is
+    an error otherwise, and so is one whose keys are none of these inputs': another input root). `workers`:
+    decoding workers (default one per CPU; 0 decodes in this thread), processes or threads as `pool` says
+    ("auto": processes from PROCESS_MIN_FILES files to do, threads below). `fsync` after every batch guards
+    against power loss too, not just a killed job. `prepare(path) -> (status, image, message)`: the per-file
+    work (default `prepare_file` with the predictor's `thin`); a module-level function for processes.
+    `progress(done, total)` after each batch. Ctrl+C (KeyboardInterrupt) propagates once the rows of the
+    finished batches are safe in `out`. A failed write (disk full, file too large) raises a one-line
+    ConfigError and leaves `out` holding whole rows only, ready for `resume`.
     """
     t0 = time.perf_counter()
     if batch_size < 1:
@@ -452,10 +315,14 @@ def predict_files(
     if workers < 0:
         raise ConfigError(f"workers must be 0 or more, not {workers}")
     check_out(out, resume)
-    output = _Output(Path(out), fsync=fsync)
-    files = list_inputs(inputs, recursive)
+    output = BatchOutput(Path(out), fsync=fsync)
+    files = keyed_inputs(inputs, recursive)
     done = output.done() if resume else set()
-    todo = [f for f in files if f not in done] if done else files
+    if done and files and done.isdisjoint(files):
+        raise ConfigError(f"none of the {len(done):,} rows in {output.out} is a file of these inputs (keys are "
+                          f"paths relative to {input_root(inputs) or '/'}): resume with the inputs that wrote it, "
+                          "or write a new --out")  # fmt: skip
+    todo = [(key, path) for key, path in files.items() if key not in done]
     summary = BatchSummary(output.out, len(files), len(files) - len(todo))
     if not todo and not output.journal.exists():  # nothing new, and a finished parquet stays as it is
         summary.seconds = time.perf_counter() - t0
@@ -467,10 +334,11 @@ def predict_files(
     try:
         if progress:
             progress(0, len(todo))
-        batch: list[tuple[str, Prepared]] = []
+        batch: list[Item] = []
         n = 0
-        for item in _prepared(todo, prepare, executor, workers):
-            batch.append(item)
+        prepared_files = _prepared([path for _, path in todo], prepare, executor, workers)
+        for (path, prepared), (key, _) in zip(prepared_files, todo, strict=True):
+            batch.append((path, key, prepared))
             if len(batch) == batch_size:
                 n += _flush(predictor, batch, output, summary)
                 batch = []
@@ -489,7 +357,7 @@ def predict_files(
     return summary
 
 
-def _flush(predictor: Predictor, batch: list[tuple[str, Prepared]], output: _Output, summary: BatchSummary) -> int:
+def _flush(predictor: Predictor, batch: list[Item], output: BatchOutput, summary: BatchSummary) -> int:
     rows = _classify_batch(predictor, batch)
     output.write(rows)
     for r in rows:
@@ -521,13 +389,11 @@ def kaggle_submission(
         if progress:
             progress(min(start + batch_size, len(images)), len(images))
     label = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
         with tmp.open("w", encoding="utf-8", newline="") as f:
             f.write("ImageId,Label\n")
             f.writelines(f"{i},{int(d)}\n" for i, d in enumerate(label, 1))
-        os.replace(tmp, out)
-    except OSError as e:
-        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from None
+
+    atomic_write(out, write)
     return len(label)

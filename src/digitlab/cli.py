@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -436,6 +439,19 @@ def _pct_or_dash(x: float | None) -> str:
     return "—" if x is None else f"{x:.2%}"
 
 
+@contextlib.contextmanager
+def _stdout_errors() -> Iterator[None]:
+    """Write to stdout inside this: a full disk (`> /dev/full`) or a closed pipe (`| head`) becomes a one-line
+    error and exit 1, not a traceback (and not a second one when Python flushes stdout at exit)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except OSError as e:  # ENOSPC, EFBIG, EPIPE (BrokenPipeError)...
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout without a file descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        raise DigitlabError(f"cannot write the output to stdout: {e.strerror or e}") from None
+
+
 @app.command()
 def predict(
     args: list[str] = typer.Argument(
@@ -447,7 +463,12 @@ def predict(
         None, "--out", help="Batch mode: one row per file into this .csv, .jsonl or .parquet, flushed per batch."
     ),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Include the images in subfolders of folders."),
-    resume: bool = typer.Option(False, "--resume", help="Continue --out: skip the files already in it."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue --out: skip the files already in it (matched by their path relative to "
+        "the folder holding every INPUT, however that folder is spelled).",
+    ),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Images per model batch and per flush."),
     workers: int | None = typer.Option(
         None, "--workers", min=0, help="Decoding workers (default: one per CPU; 0: decode in the main thread)."
@@ -463,11 +484,6 @@ def predict(
 
     Folders, --out or --kaggle-submission: a streaming batch job with a progress bar (see digitlab.batch).
     """
-    import csv
-    import json
-
-    from rich.table import Table
-
     from digitlab.predict import Predictor
 
     _check_format(fmt, PREDICT_FORMATS)
@@ -482,38 +498,59 @@ def predict(
     predictor = Predictor.from_run(run, backend=backend, tta=tta)
     results = predictor.predict(files)
     rows = [{"file": f, **r.to_dict()} for f, r in zip(files, results, strict=True)]
-    if fmt == "json":
-        sys.stdout.write(json.dumps(rows) + "\n")
-    elif fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["file", "digit", "confidence", "status", "message", *(f"p{d}" for d in range(10))])
-        for row in rows:
-            probs = [f"{p:.6g}" for p in row["probabilities"]] or [""] * 10
-            digit = "" if row["digit"] is None else row["digit"]
-            writer.writerow([row["file"], digit, f"{row['confidence']:.6g}", row["status"], row["message"] or "",
-                             *probs])  # fmt: skip
-    else:
-        info = predictor.info
-        table = Table(caption=f"run {info['run']} ({info['preset']}), {backend}, temperature "
-                      f"{info['temperature']:.3g}", caption_justify="left")  # fmt: skip
-        for col, justify in (("file", "left"), ("digit", "right"), ("confidence", "right"), ("status", "left"),
-                             ("note", "left")):  # fmt: skip
-            table.add_column(col, justify=justify, overflow="fold")
-        style = {"ok": "green", "empty": "yellow", "not_a_digit": "yellow", "error": "red"}
-        for row in rows:
-            note = row["message"] or ""
-            if row["status"] == "ok":
-                ranked = sorted(range(10), key=lambda d: -row["probabilities"][d])[1:3]
-                note = "then " + ", ".join(f"{d} ({row['probabilities'][d]:.1%})" for d in ranked)
-            table.add_row(row["file"], "—" if row["digit"] is None else str(row["digit"]),
-                          f"{row['confidence']:.1%}" if row["digit"] is not None else "—",
-                          f"[{style[row['status']]}]{row['status']}[/]", note)  # fmt: skip
-        console.print(table)
+    with _stdout_errors():
+        if fmt == "table":
+            _print_table(predictor, backend, rows)
+        else:  # json: exact (escaped) names; csv and the table: names as `digitlab.batch_output.shown` shows them
+            sys.stdout.write(json.dumps(rows) + "\n" if fmt == "json" else _csv_rows(rows))
     errors = sum(r.status == "error" for r in results)
     if errors:
         err_console.print(f"[bold red]error:[/] {errors} of {len(results)} file(s) could not be read",
                           highlight=False)  # fmt: skip
         raise typer.Exit(1)
+
+
+def _csv_rows(rows: list[dict[str, Any]]) -> str:
+    """`predict --format csv`: a header and one line per file."""
+    import csv
+    import io
+
+    from digitlab.batch_output import shown
+
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "digit", "confidence", "status", "message", *(f"p{d}" for d in range(10))])
+    for row in rows:
+        probs = [f"{p:.6g}" for p in row["probabilities"]] or [""] * 10
+        digit = "" if row["digit"] is None else row["digit"]
+        writer.writerow([shown(row["file"]), digit, f"{row['confidence']:.6g}", row["status"],
+                         shown(row["message"] or ""), *probs])  # fmt: skip
+    return buf.getvalue()
+
+
+def _print_table(predictor: Any, backend: str, rows: list[dict[str, Any]]) -> None:
+    """`predict --format table` (the default): a Rich table, names shown as text, never read as markup."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from digitlab.batch_output import shown
+
+    info = predictor.info
+    table = Table(caption=f"run {info['run']} ({info['preset']}), {backend}, temperature "
+                  f"{info['temperature']:.3g}", caption_justify="left")  # fmt: skip
+    for col, justify in (("file", "left"), ("digit", "right"), ("confidence", "right"), ("status", "left"),
+                         ("note", "left")):  # fmt: skip
+        table.add_column(col, justify=justify, overflow="fold")
+    style = {"ok": "green", "empty": "yellow", "not_a_digit": "yellow", "error": "red"}
+    for row in rows:
+        note = row["message"] or ""
+        if row["status"] == "ok":
+            ranked = sorted(range(10), key=lambda d: -row["probabilities"][d])[1:3]
+            note = "then " + ", ".join(f"{d} ({row['probabilities'][d]:.1%})" for d in ranked)
+        table.add_row(escape(shown(row["file"])), "—" if row["digit"] is None else str(row["digit"]),
+                      f"{row['confidence']:.1%}" if row["digit"] is not None else "—",
+                      f"[{style[row['status']]}]{row['status']}[/]", escape(shown(note)))  # fmt: skip
+    console.print(table)
 
 
 def _predict_batch(run: Path, inputs: list[str], backend: str, out: Path | None, recursive: bool, resume: bool,
@@ -545,7 +582,8 @@ def _predict_batch(run: Path, inputs: list[str], backend: str, out: Path | None,
         with progress:
             if kaggle is not None:
                 n = kaggle_submission(predictor, inputs[0], kaggle, progress=update)
-                console.print(f"[bold green]ok[/] {n:,} rows → {kaggle} (ImageId,Label)", highlight=False)
+                with _stdout_errors():
+                    console.print(f"[bold green]ok[/] {n:,} rows → {kaggle} (ImageId,Label)", highlight=False)
                 return
             s = predict_files(predictor, inputs, out, recursive=recursive, resume=resume, batch_size=batch_size,
                               workers=workers, progress=update)  # fmt: skip
@@ -556,8 +594,9 @@ def _predict_batch(run: Path, inputs: list[str], backend: str, out: Path | None,
     counts = ", ".join(f"{k} {v:,}" for k, v in sorted(s.counts.items())) or "nothing new"
     skipped = f"; {s.skipped:,} already there" if s.skipped else ""
     rate = f", {s.images_per_second:,.0f} images/s" if s.written else ""
-    console.print(f"[bold green]done[/] {s.written:,} rows → {s.out} ({counts}{skipped}) in {s.seconds:.1f} s{rate}",
-                  highlight=False, soft_wrap=True)  # fmt: skip
+    with _stdout_errors():
+        console.print(f"[bold green]done[/] {s.written:,} rows → {s.out} ({counts}{skipped}) in {s.seconds:.1f} s"
+                      f"{rate}", highlight=False, soft_wrap=True)  # fmt: skip
     if s.counts.get("error"):
         err_console.print(f"[bold red]error:[/] {s.counts['error']:,} of {s.written:,} file(s) could not be read "
                           f"(status 'error' rows in {s.out})", highlight=False, soft_wrap=True)  # fmt: skip
