@@ -19,3 +19,7 @@ class RunDirError(DigitlabError):
 
 class ImageError(DigitlabError):
     """An input image is unreadable, unsupported or too large."""
+
+
+class StorageError(DigitlabError):
+    """A file could not be written (disk full, file too large, no permission)."""
