@@ -23,7 +23,20 @@ err_console = Console(stderr=True)
 
 
 def main() -> None:
-    """Console-script entry point: user errors print one line, never a traceback."""
+    """Console-script entry point: user errors print one line, never a traceback (and warnings of ours one line)."""
+    import warnings
+
+    from digitlab.errors import DigitlabWarning
+
+    show = warnings.showwarning
+
+    def one_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, DigitlabWarning):
+            err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            show(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
     try:
         app()
     except DigitlabError as e:

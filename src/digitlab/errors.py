@@ -23,3 +23,7 @@ class ImageError(DigitlabError):
 
 class StorageError(DigitlabError):
     """A file could not be written (disk full, file too large, no permission)."""
+
+
+class DigitlabWarning(UserWarning):
+    """Something the user allowed but should know about (an uncalibrated run); the CLI prints it on one line."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from digitlab.calibrate import OodRule, ink_fraction, load_calibration, logit_score, softmax
-from digitlab.errors import ConfigError, DigitlabError, RunDirError
+from digitlab.errors import ConfigError, DigitlabError, DigitlabWarning, RunDirError
 from digitlab.preprocess import Box, ImageSource, Preprocessed, preprocess, segment_digits
 from digitlab.rundir import RunDir, read_json_lenient
 from digitlab.tta import TTA_SHIFTS, shift_batch
@@ -319,7 +319,7 @@ def _calibration(rd: RunDir, allow_uncalibrated: bool) -> tuple[float, OodRule |
         what = f'{rd.calibration}: no "not a digit" rule ("ood"): nothing would be refused as not a digit'
     if not allow_uncalibrated:
         raise RunDirError(f"{what} — run `digitlab calibrate {rd.root}`, or allow it explicitly (--allow-uncalibrated)")
-    warnings.warn(f"{what}: serving it so, as allowed", stacklevel=3)
+    warnings.warn(f"{what}: serving it so, as allowed", DigitlabWarning, stacklevel=3)
     return (1.0 if cal is None else cal.temperature), None
 
 

@@ -9,11 +9,12 @@ from contextlib import contextmanager
 from typing import Any
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """Training stopped on request; `last.pt` holds a resumable checkpoint.
 
     `finishing`: the training steps were all done and saved; the stop came during validation, calibration,
-    test evaluation or plots, which `--resume` redoes.
+    test evaluation or plots, which `--resume` redoes. A BaseException, as KeyboardInterrupt is: raised from a
+    signal handler anywhere in that code, no `except Exception` on the way may turn it into another error.
     """
 
     def __init__(self, run: str, finishing: bool = False) -> None:

@@ -353,7 +353,7 @@ def _fit(
         if reporter:
             reporter.end_epoch(row)
         if dd.any(stop()):
-            raise Interrupted(str(rd.root))
+            raise Interrupted(str(rd.root), finishing=state.done)
 
     identical = dd.same_weights(model)
     if not dd.is_main:
