@@ -330,3 +330,8 @@ def test_resuming_an_older_checkpoint_truncates_history_to_it(tmp_path, mnist):
         f.write("2,0.5,0.5,,,0.1,1.0\r\n")
     train(None, out, resume=True, dataset=mnist, evaluate_test=False)
     assert epochs_in_history(out) == ["1", "2", "3"]
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path):
+    res = run_cli("train", "--resume", tmp_path / "r", "--epochs", "5", "--set", "ema=0.9")
+    assert res.returncode == 2 and "--epochs, --set cannot change a resumed run" in " ".join(res.stderr.split())

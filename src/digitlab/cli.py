@@ -121,6 +121,14 @@ def train(
     from digitlab.train import train as run_training
 
     if resume is not None:
+        options = {"--preset": preset if preset != "seed" else None, "--out": out, "--data": data, "--epochs": epochs,
+                   "--batch-size": batch_size, "--lr": lr, "--seed": seed, "--split-seed": split_seed,
+                   "--val-fraction": val_fraction, "--limit": limit, "--test-limit": test_limit, "--device": device,
+                   "--threads": threads, "--padding": padding, "--sync-bn": sync_bn, "--set": set_ or None}  # fmt: skip
+        ignored = [name for name, value in options.items() if value is not None]
+        if ignored:  # silently training on with the saved config instead would not be what was asked for
+            raise typer.BadParameter(f"{', '.join(ignored)} cannot change a resumed run: it continues with "
+                                     f"{resume / 'config.json'}", param_hint="--resume")  # fmt: skip
         config, out = None, resume
     else:
         config = get_preset(preset)
