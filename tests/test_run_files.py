@@ -20,7 +20,7 @@ from conftest import run_cli
 from digitlab.errors import DigitlabError, DigitlabWarning, StorageError
 from digitlab.predict import Predictor
 
-TRAIN = ["train", "--preset", "fast", "--limit", "600", "--batch-size", "64", "--no-test",
+TRAIN = ["train", "--preset", "fast", "--limit", "600", "--batch-size", "64", "--no-test", "--val-fraction", "0",
          "--set", 'model_args={"widths": [8, 16, 32]}']  # fmt: skip
 
 

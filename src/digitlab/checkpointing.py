@@ -17,7 +17,7 @@ from digitlab.atomic import atomic_write_text
 from digitlab.config import TrainConfig
 from digitlab.distributed import Dist
 from digitlab.errors import RunDirError
-from digitlab.rundir import RunDir, save_checkpoint
+from digitlab.rundir import RunDir, load_checkpoint, save_checkpoint
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
@@ -106,6 +106,16 @@ def save_last(rd: RunDir, model: nn.Module, opt: Any, sched: Any, scaler: Any, e
         "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
         "state": state.to_dict(), "rng": rng,
     })  # fmt: skip
+
+
+def load_last(rd: RunDir, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """last.pt, read weights-only and checked to be a resumable checkpoint (not, say, a best.pt copied over it)."""
+    ckpt = load_checkpoint(rd.last, device)
+    missing = [k for k in ("optimizer", "scheduler", "state") if k not in ckpt]
+    if missing or not isinstance(ckpt["state"], dict):
+        what = ", ".join(missing) or "loop state"
+        raise RunDirError(f"cannot resume from {rd.last}: not a resumable checkpoint (no {what} in it)")
+    return ckpt
 
 
 def restore(rd: RunDir, ckpt: dict[str, Any], model: nn.Module, opt: Any, sched: Any, scaler: Any, ema: Any,

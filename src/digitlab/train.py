@@ -28,14 +28,23 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from digitlab.augment import random_affine, thicken_strokes
-from digitlab.checkpointing import TrainState, read_history, restore, rng_states, save_last, start_fresh, write_history
+from digitlab.checkpointing import (
+    TrainState,
+    load_last,
+    read_history,
+    restore,
+    rng_states,
+    save_last,
+    start_fresh,
+    write_history,
+)
 from digitlab.config import TrainConfig
 from digitlab.data import Dataset, Split, load_dataset, stratified_split
 from digitlab.distributed import Dist, init_distributed, shutdown
 from digitlab.errors import ConfigError, RunDirError, StorageError
 from digitlab.evaluate import pick_device, predict_logits, to_tensor
 from digitlab.models import build_model, count_params
-from digitlab.rundir import RunDir, load_checkpoint, save_weights
+from digitlab.rundir import RunDir, save_weights
 from digitlab.stopping import Interrupted, StopRequest, stop_on_signals
 
 __all__ = ["Interrupted", "Reporter", "TrainResult", "finish_run", "split_data", "train"]
@@ -225,6 +234,7 @@ def _fit(
     if config.batch_size % dd.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch: it must divide by {dd.world_size}")
     batch = config.batch_size // dd.world_size  # per rank; the global batch (and so the lr) is unchanged
+    saved = load_last(rd, device) if resume else None  # before the data: a broken checkpoint fails at once
     seed_everything(config.seed)  # the same on every rank: identical initial weights
 
     ds = dataset if dataset is not None else load_dataset(config.data)
@@ -259,8 +269,8 @@ def _fit(
         torch.manual_seed(config.seed + dd.rank)  # per-rank dropout streams
     state = TrainState()
 
-    if resume:
-        restore(rd, load_checkpoint(rd.last, device), model, opt, sched, scaler, ema, state, gen, dd)
+    if saved is not None:
+        restore(rd, saved, model, opt, sched, scaler, ema, state, gen, dd)
     elif dd.is_main:
         start_fresh(rd, config)
 
