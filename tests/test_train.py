@@ -209,3 +209,129 @@ def test_resume_never_runs_code_from_a_checkpoint(tmp_path):
     res = run_cli("predict", out, "--format", "json", str(tmp_path / "x.png"))
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert not marker.exists()
+
+
+def epochs_in_history(run_dir: Path) -> list[str]:
+    with open(run_dir / "history.csv", newline="") as f:
+        return [r["epoch"] for r in csv.DictReader(f)]
+
+
+def test_a_stop_after_the_last_step_is_clean_and_resume_finishes(tmp_path, mnist):
+    out = tmp_path / "r"
+    with pytest.raises(Interrupted) as e:  # asked once validation is written: calibration, test and plots left
+        train(tiny(), out, dataset=mnist, should_stop=(out / "metrics.json").exists)
+    assert e.value.finishing
+    assert not (out / "calibration.json").exists() and not (out / "report.md").exists()
+    assert torch.load(out / "checkpoint" / "last.pt", weights_only=True)["state"]["done"]
+    trained = weights(out)
+    r = train(None, out, resume=True, dataset=mnist)  # no training step is redone: only what was left
+    assert_same_weights(trained, weights(out))
+    assert "test" in r.metrics and (out / "calibration.json").exists() and (out / "plots" / "errors.png").exists()
+    assert epochs_in_history(out) == ["1", "2"]
+
+
+def test_a_signal_during_the_test_evaluation_stops_it_at_once(tmp_path, mnist, monkeypatch):
+    import os
+
+    from digitlab import evaluate
+
+    def slow_evaluation(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(20)  # a long test evaluation: the stop must not wait for its end
+        raise AssertionError("the stop waited for the evaluation to finish")
+
+    monkeypatch.setattr(evaluate, "evaluate_run", slow_evaluation)
+    t0 = time.perf_counter()
+    with pytest.raises(Interrupted):
+        train(tiny(), tmp_path / "r", dataset=mnist)
+    assert time.perf_counter() - t0 < 15
+    assert not leftover_tmp_files(tmp_path / "r")
+
+
+def leftover_tmp_files(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_after_the_last_epoch_exits_130_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "fast", "--limit", "600", "--epochs", "2", "--batch-size", "64", "--test-limit",
+            "200", "--set", 'model_args={"widths": [8, 16, 32]}', "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "digitlab.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not (out / "metrics.json").exists() and time.time() < deadline:  # validation done, calibration begun
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before the test could stop it"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and f"digitlab train --resume {out}" in stderr and "training is complete" in stderr
+    assert not (out / "report.md").exists()
+    res = run_cli("train", "--resume", out)
+    assert res.returncode == 0, res.stderr
+    assert "test" in json.loads((out / "metrics.json").read_text()) and (out / "report.md").exists()
+    assert epochs_in_history(out) == ["1", "2"]
+
+
+KILL_IN_CHECKPOINT_WRITE = """
+import os, signal, sys, torch
+n, real, calls = int(sys.argv[1]), torch.save, [0]
+def save(obj, f, *args, **kwargs):  # the n-th last.pt is written, then the process dies before it is in place
+    real(obj, f, *args, **kwargs)
+    if isinstance(obj, dict) and "optimizer" in obj:
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+torch.save = save
+sys.argv = ["digitlab", *sys.argv[2:]]
+from digitlab.cli import main
+main()
+"""
+
+
+def train_killed_in_checkpoint_write(n: int, out: Path) -> list[str]:
+    # no validation split (so no calibration) and no test set: only the training steps and their checkpoints
+    args = ["train", "--preset", "fast", "--limit", "600", "--epochs", "3", "--batch-size", "64", "--val-fraction",
+            "0", "--no-test", "--set", 'model_args={"widths": [8, 16, 32]}', "--out", str(out)]  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", KILL_IN_CHECKPOINT_WRITE, str(n), *args], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    return args
+
+
+def test_a_kill_inside_a_checkpoint_write_never_duplicates_history(tmp_path):
+    out = tmp_path / "r"
+    train_killed_in_checkpoint_write(2, out)  # dies writing epoch 2's last.pt: last.pt still says epoch 1
+    res = run_cli("train", "--resume", out, "--no-test")
+    assert res.returncode == 0, res.stderr
+    assert epochs_in_history(out) == ["1", "2", "3"]
+
+
+def test_a_kill_inside_the_first_checkpoint_write_leaves_a_run_to_start_again(tmp_path):
+    out = tmp_path / "r"
+    args = train_killed_in_checkpoint_write(1, out)
+    res = run_cli("train", "--resume", out)
+    assert res.returncode == 1 and "nothing to resume" in res.stderr and "before its first checkpoint" in res.stderr
+    res = run_cli(*args)  # the same command again starts clean
+    assert res.returncode == 0, res.stderr
+    assert epochs_in_history(out) == ["1", "2", "3"]
+
+
+def test_resuming_an_older_checkpoint_truncates_history_to_it(tmp_path, mnist):
+    """Checkpoints written before history lived in last.pt: history.csv is cut back to the checkpoint's epoch."""
+    out = tmp_path / "r"
+    with pytest.raises(Interrupted):
+        train(tiny(epochs=3), out, dataset=mnist, evaluate_test=False, should_stop=(out / "history.csv").exists)
+    last = out / "checkpoint" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["state"]["history"], ckpt["state"]["done"]
+    torch.save(ckpt, last)
+    with open(out / "history.csv", "a", newline="") as f:  # a row appended for an epoch last.pt never reached
+        f.write("2,0.5,0.5,,,0.1,1.0\r\n")
+    train(None, out, resume=True, dataset=mnist, evaluate_test=False)
+    assert epochs_in_history(out) == ["1", "2", "3"]
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path):
+    res = run_cli("train", "--resume", tmp_path / "r", "--epochs", "5", "--set", "ema=0.9")
+    assert res.returncode == 2 and "--epochs, --set cannot change a resumed run" in " ".join(res.stderr.split())

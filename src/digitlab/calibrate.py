@@ -423,19 +423,61 @@ def calibrate_run(
     return {"calibration": cal, "test_before": test_before, "test_after": test_after, "ood": ood}
 
 
-def read_calibration(run: Path | Any) -> dict[str, Any]:
-    """RUN/calibration.json as a dict ({} when the run is uncalibrated)."""
-    import json
+@dataclass(frozen=True)
+class Calibration:
+    """A run's calibration.json, validated: the temperature and the "not a digit" rule (None: the file has none)."""
 
-    from digitlab.rundir import RunDir
+    temperature: float
+    ood: OodRule | None
+    data: dict[str, Any]  # the whole file (fit figures, provenance), for display
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a finite float, or None when it is not a finite JSON number (strings and booleans are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _check_ood(d: Any, path: Path) -> OodRule:
+    where = f"{path}: ood"
+    if not isinstance(d, dict):
+        raise RunDirError(f"{where} must be a JSON object with a score and a threshold")
+    if d.get("score", "energy") not in OOD_SCORES:
+        raise RunDirError(f"{where}.score must be one of {', '.join(OOD_SCORES)}, not {d.get('score')!r}")
+    if _number(d.get("threshold")) is None:
+        raise RunDirError(f"{where}.threshold must be a finite number, not {d.get('threshold')!r}")
+    t = _number(d.get("temperature", 1.0))
+    if t is None or t <= 0:
+        raise RunDirError(f"{where}.temperature must be a finite number above 0, not {d.get('temperature')!r}")
+    ink = d.get("ink_max")
+    if ink is not None and not (_number(ink) is not None and 0 <= ink <= 1):
+        raise RunDirError(f"{where}.ink_max must be null or a number in [0, 1], not {ink!r}")
+    return OodRule.from_dict(d)
+
+
+def load_calibration(run: Path | Any) -> Calibration | None:
+    """RUN/calibration.json checked field by field (one-line RunDirError when broken); None when there is none.
+
+    The one reader of the file: the temperature must be a finite number above 0; an "ood" rule, when present,
+    needs a known score, a finite threshold and temperature, and an ink_max in [0, 1] or null.
+    """
+    from digitlab.rundir import RunDir, read_json_object
 
     rd = run if isinstance(run, RunDir) else RunDir(Path(run))
     if not rd.calibration.exists():
-        return {}
-    try:
-        data = json.loads(rd.calibration.read_text())
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{rd.calibration}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise RunDirError(f"{rd.calibration}: expected a JSON object")
-    return data
+        return None
+    data = read_json_object(rd.calibration)
+    t = _number(data.get("temperature"))
+    if t is None or t <= 0:
+        got = "nothing" if "temperature" not in data else repr(data["temperature"])
+        raise RunDirError(f"{rd.calibration}: temperature must be a finite number above 0, not {got} "
+                          f"(refit it: `digitlab calibrate {rd.root}`)")  # fmt: skip
+    ood = _check_ood(data["ood"], rd.calibration) if "ood" in data and data["ood"] is not None else None
+    return Calibration(t, ood, data)
+
+
+def read_calibration(run: Path | Any) -> dict[str, Any]:
+    """RUN/calibration.json as a dict, validated as `load_calibration` does ({} when the run has none)."""
+    cal = load_calibration(run)
+    return {} if cal is None else cal.data

@@ -26,7 +26,20 @@ err_console = Console(stderr=True)
 
 
 def main() -> None:
-    """Console-script entry point: user errors print one line, never a traceback."""
+    """Console-script entry point: user errors print one line, never a traceback (and warnings of ours one line)."""
+    import warnings
+
+    from digitlab.errors import DigitlabWarning
+
+    show = warnings.showwarning
+
+    def one_line(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, DigitlabWarning):
+            err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            show(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
     try:
         app()
     except DigitlabError as e:
@@ -111,6 +124,14 @@ def train(
     from digitlab.train import train as run_training
 
     if resume is not None:
+        options = {"--preset": preset if preset != "seed" else None, "--out": out, "--data": data, "--epochs": epochs,
+                   "--batch-size": batch_size, "--lr": lr, "--seed": seed, "--split-seed": split_seed,
+                   "--val-fraction": val_fraction, "--limit": limit, "--test-limit": test_limit, "--device": device,
+                   "--threads": threads, "--padding": padding, "--sync-bn": sync_bn, "--set": set_ or None}  # fmt: skip
+        ignored = [name for name, value in options.items() if value is not None]
+        if ignored:  # silently training on with the saved config instead would not be what was asked for
+            raise typer.BadParameter(f"{', '.join(ignored)} cannot change a resumed run: it continues with "
+                                     f"{resume / 'config.json'}", param_hint="--resume")  # fmt: skip
         config, out = None, resume
     else:
         config = get_preset(preset)
@@ -126,12 +147,13 @@ def train(
     reporter = RichReporter()
     try:
         result = run_training(config, out, resume=resume is not None, reporter=reporter, evaluate_test=test)
-    except Interrupted:
+    except Interrupted as e:
         reporter.close()
         if current_rank() == 0:
+            left = "; training is complete, calibration/evaluation are not" if e.finishing else ""
             # soft_wrap: Rich would otherwise break the line at 80 columns when stderr is no terminal (torchrun,
             # logs), splitting the command the user is meant to copy
-            err_console.print(f"interrupted: checkpoint saved; continue with `digitlab train --resume {out}`",
+            err_console.print(f"interrupted: checkpoint saved{left}; continue with `digitlab train --resume {out}`",
                               highlight=False, soft_wrap=True)  # fmt: skip
         raise typer.Exit(130) from None
     finally:
@@ -401,6 +423,8 @@ BACKEND_HELP = "torch, onnx or onnx-int8 (the ONNX files come from `digitlab exp
 # Serving runs without test-time augmentation unless asked: see digitlab.predict.TTA_EFFECT.
 TTA_HELP = ("Test-time augmentation: the mean over the image and four 1-pixel shifts, 5x the model's time. Off by "
             "default: the bundled fast model scores 99.63% on MNIST test with it and without it.")  # fmt: skip
+UNCALIBRATED_HELP = ("Use a run that has no calibration.json (raw softmax confidences, no 'not a digit' check) "
+                     "instead of refusing it.")  # fmt: skip
 
 
 def default_run() -> Path:
@@ -419,7 +443,12 @@ def _is_run_dir(path: Path) -> bool:
 
 
 def _run_and_inputs(args: list[str]) -> tuple[Path, list[str]]:
-    """`[RUN] INPUT...`: the first argument is the run when it is a run directory; else the bundled model is."""
+    """`[RUN] INPUT...`: the first argument is the run when it is a run directory; else the bundled model is.
+
+    A first argument that names nothing and is no image or CSV file name (`runs/fsat`) is a mistyped run: it
+    is refused, not read as an input while the bundled model answers in the run's place.
+    """
+    from digitlab.data import IMAGE_SUFFIXES
     from digitlab.errors import RunDirError
 
     first = Path(args[0])
@@ -427,6 +456,9 @@ def _run_and_inputs(args: list[str]) -> tuple[Path, list[str]]:
         return first, args[1:]
     if first.is_dir():  # never an image: say what is wrong with it as a run
         raise RunDirError(f"{args[0]}: not a run directory (no checkpoint/ or model.onnx in it)")
+    if not first.exists() and (first.suffix.lower() not in {*IMAGE_SUFFIXES, ".csv"} or args[0].endswith("/")):
+        raise RunDirError(f"no run directory {args[0]} (and no such file); give an existing run directory, "
+                          "or leave it out to use the bundled model")  # fmt: skip
     return default_run(), args
 
 
@@ -477,6 +509,7 @@ def predict(
         None, "--kaggle-submission", help="Read INPUT as Kaggle's test.csv; write the ImageId,Label file here."
     ),
     tta: bool = typer.Option(False, "--tta/--no-tta", help=TTA_HELP),
+    uncalibrated: bool = typer.Option(False, "--allow-uncalibrated", help=UNCALIBRATED_HELP),
 ) -> None:
     """Predict the digit in each image: calibrated confidence, or 'empty', 'not a digit', or an error.
 
@@ -493,9 +526,9 @@ def predict(
     if out is not None or kaggle is not None or resume or any(Path(f).is_dir() for f in files):
         if fmt != "table":
             raise typer.BadParameter("not with --out (its suffix sets the format) or folders", param_hint="--format")
-        _predict_batch(run, files, backend, out, recursive, resume, batch_size, workers, kaggle, tta)
+        _predict_batch(run, files, backend, out, recursive, resume, batch_size, workers, kaggle, tta, uncalibrated)
         return
-    predictor = Predictor.from_run(run, backend=backend, tta=tta)
+    predictor = Predictor.from_run(run, backend=backend, tta=tta, allow_uncalibrated=uncalibrated)
     results = predictor.predict(files)
     rows = [{"file": f, **r.to_dict()} for f, r in zip(files, results, strict=True)]
     with _stdout_errors():
@@ -554,7 +587,8 @@ def _print_table(predictor: Any, backend: str, rows: list[dict[str, Any]]) -> No
 
 
 def _predict_batch(run: Path, inputs: list[str], backend: str, out: Path | None, recursive: bool, resume: bool,
-                   batch_size: int, workers: int | None, kaggle: Path | None, tta: bool) -> None:  # fmt: skip
+                   batch_size: int, workers: int | None, kaggle: Path | None, tta: bool,
+                   uncalibrated: bool = False) -> None:  # fmt: skip
     """`predict` over folders / into --out / into a Kaggle submission, with a Rich progress bar (images/s)."""
     from rich import progress as rp
     from rich.text import Text
@@ -572,7 +606,9 @@ def _predict_batch(run: Path, inputs: list[str], backend: str, out: Path | None,
         raise typer.BadParameter("folders and --resume need --out (a .csv, .jsonl or .parquet)", param_hint="--out")
     if out is not None:
         check_out(out, resume)  # before loading the model: a wrong suffix or a missing pyarrow fails at once
-    predictor = Predictor.from_run(run, backend=backend, threads=1 if workers != 0 else None, tta=tta)
+    predictor = Predictor.from_run(
+        run, backend=backend, threads=1 if workers != 0 else None, tta=tta, allow_uncalibrated=uncalibrated
+    )
     progress = rp.Progress(rp.TextColumn("[bold]predicting"), rp.BarColumn(), rp.MofNCompleteColumn(), Rate(),
                            rp.TimeElapsedColumn(), rp.TextColumn("ETA"), rp.TimeRemainingColumn(),
                            console=err_console, transient=True)  # fmt: skip
@@ -609,6 +645,7 @@ def read(
     fmt: str = typer.Option("table", "--format", help="table or json."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     tta: bool = typer.Option(False, "--tta/--no-tta", help=TTA_HELP),
+    uncalibrated: bool = typer.Option(False, "--allow-uncalibrated", help=UNCALIBRATED_HELP),
 ) -> None:
     """Read a number written on one line: the digits left to right, each with its confidence and box."""
     import json
@@ -621,7 +658,7 @@ def read(
     run, images = _run_and_inputs(args)
     if len(images) != 1:
         raise typer.BadParameter(f"give exactly one IMAGE, not {len(images)}", param_hint="IMAGE")
-    result = Predictor.from_run(run, backend=backend, tta=tta).read(images[0])
+    result = Predictor.from_run(run, backend=backend, tta=tta, allow_uncalibrated=uncalibrated).read(images[0])
     if fmt == "json":
         sys.stdout.write(json.dumps({"file": images[0], **result.to_dict()}) + "\n")
     else:

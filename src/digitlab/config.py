@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,17 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a config.json, every field checked for its type: a broken file is a one-line ConfigError."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"{path}: not a readable JSON config ({' '.join(str(e).split())[:120]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object of config fields")
+        problem = config_problem(data)
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
+        return cls.from_dict(data)
 
     @property
     def effective_split_seed(self) -> int:
@@ -82,6 +93,34 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         return replace(self, **changes)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+                                       "dict[str, Any]": (dict,), "list[str]": (list,)}  # fmt: skip
+_AT_LEAST = {"epochs": 0, "batch_size": 1, "eval_every": 1, "limit": 1, "test_limit": 1, "threads": 1, "lr": 0.0}
+
+
+def config_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a config's fields (wrong type, non-finite or out-of-range number), or None."""
+    for f in fields(TrainConfig):
+        if f.name not in data:
+            continue
+        value, kind = data[f.name], str(f.type)
+        optional = kind.endswith(" | None")
+        if value is None:
+            if optional:
+                continue
+            return f"{f.name} must not be null"
+        want = _TYPES[kind.removesuffix(" | None")]
+        if isinstance(value, bool) and bool not in want or not isinstance(value, want):
+            return f"{f.name} must be {kind.removesuffix(' | None')}, not {json.dumps(value)[:40]}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{f.name} must be a finite number, not {value}"
+        if f.name in _AT_LEAST and value < _AT_LEAST[f.name]:
+            return f"{f.name} must be at least {_AT_LEAST[f.name]}, not {value}"
+    if "val_fraction" in data and not 0 <= data["val_fraction"] < 1:
+        return f"val_fraction must be in [0, 1), not {data['val_fraction']}"
+    return None
 
 
 # The documented reference model ("seed"), faithfully: see docs/reference.md and docs/results.md.

@@ -19,3 +19,11 @@ class RunDirError(DigitlabError):
 
 class ImageError(DigitlabError):
     """An input image is unreadable, unsupported or too large."""
+
+
+class StorageError(DigitlabError):
+    """A file could not be written (disk full, file too large, no permission)."""
+
+
+class DigitlabWarning(UserWarning):
+    """Something the user allowed but should know about (an uncalibrated run); the CLI prints it on one line."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import sys
 import time
@@ -15,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitlab.calibrate import softmax
+from digitlab.atomic import atomic_write_text
+from digitlab.calibrate import load_calibration, softmax
 from digitlab.config import TrainConfig
 from digitlab.data import KNOWN_DATASETS, load_eval_split
-from digitlab.errors import DataError, RunDirError
-from digitlab.rundir import RunDir, load_model
+from digitlab.errors import DataError
+from digitlab.rundir import RunDir, load_model, read_json_object
 from digitlab.tta import TTA_SHIFTS, shift_batch
 
 
@@ -157,26 +156,13 @@ def _dataset_name(spec: str) -> str:
 
 
 def read_temperature(run: Path | RunDir) -> float:
-    """The temperature in RUN/calibration.json ({"temperature": T}), or 1.0 when the run is uncalibrated."""
-    rd = run if isinstance(run, RunDir) else RunDir(Path(run))
-    if not rd.calibration.exists():
-        return 1.0
-    try:
-        t = float(json.loads(rd.calibration.read_text())["temperature"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise RunDirError(f'{rd.calibration}: expected {{"temperature": <number>}} ({e})') from None
-    if not (t > 0 and math.isfinite(t)):
-        raise RunDirError(f"{rd.calibration}: temperature must be a positive number, not {t}")
-    return t
+    """The temperature in RUN/calibration.json (validated), or 1.0 when the run is uncalibrated."""
+    cal = load_calibration(run if isinstance(run, RunDir) else RunDir(Path(run)))
+    return 1.0 if cal is None else cal.temperature
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path}: not valid JSON ({e})") from None
+    return read_json_object(path) if path.exists() else {}
 
 
 def _progress_fn(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
@@ -378,5 +364,5 @@ def write_report(
             lines += [f"### {t}", "", f"![{t}](plots/{n}.png)", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path

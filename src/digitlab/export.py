@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.errors import RunDirError
+from digitlab.atomic import atomic_write_bytes
 
 OPSET = 17
 PARITY_IMAGES = 300  # test images for the fp32 parity check
@@ -56,9 +56,7 @@ def _save_with_metadata(proto: Any, path: Path, metadata: dict[str, str]) -> Non
 
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **metadata})
     proto.doc_string = metadata.get("digitlab.description", proto.doc_string)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    atomic_write_bytes(path, proto.SerializeToString())
 
 
 def _session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -179,9 +177,7 @@ def export_onnx(
             test_n=len(split), tta=bool(config.tta),
         )  # fmt: skip
 
-    metrics = json.loads(rd.metrics.read_text()) if rd.metrics.exists() else {}
-    if not isinstance(metrics, dict):
-        raise RunDirError(f"{rd.metrics}: expected a JSON object")
+    metrics = rd.read_metrics() if rd.metrics.exists() else {}
     if not int8 and int8_path.exists():  # an earlier int8 export of the same checkpoint stays, and its figures
         entry = {**{k: v for k, v in (metrics.get("export") or {}).items() if k not in entry}, **entry}
     rd.write_json(rd.metrics, {**metrics, "export": entry})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from digitlab.atomic import atomic_write_bytes
+
 DPI = 120
 
 
@@ -24,10 +27,10 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    return out
+    """Render to PNG in memory, then write it atomically: a stopped or failed run never leaves half an image."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png")
+    return atomic_write_bytes(out, buf.getbuffer())
 
 
 def _read_history(history_csv: Path) -> dict[str, np.ndarray]:

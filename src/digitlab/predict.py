@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from digitlab.calibrate import OodRule, ink_fraction, logit_score, read_calibration, softmax
-from digitlab.errors import ConfigError, DigitlabError, RunDirError
+from digitlab.calibrate import OodRule, ink_fraction, load_calibration, logit_score, softmax
+from digitlab.errors import ConfigError, DigitlabError, DigitlabWarning, RunDirError
 from digitlab.preprocess import Box, ImageSource, Preprocessed, preprocess, segment_digits
 from digitlab.rundir import RunDir, read_json_lenient
 from digitlab.tta import TTA_SHIFTS, shift_batch
@@ -176,9 +177,14 @@ class Predictor:
         device: str = "cpu",
         threads: int | None = None,
         tta: bool | None = None,
+        allow_uncalibrated: bool = False,
     ) -> Predictor:
         """Load RUN's model (checkpoint/best.pt, or model.onnx / model.int8.onnx), calibration.json (temperature
-        and OOD rule; T=1 and no OOD rule without it) and metrics.json (for `info`).
+        and OOD rule) and metrics.json (for `info`). Every file is checked; a broken one is a RunDirError.
+
+        Without calibration.json (or without its "not a digit" rule) the confidences are raw softmax and nothing
+        is ever refused as not a digit: that is an error unless `allow_uncalibrated`, which then serves T=1
+        and no rule, and says so in `info["calibrated"]` (False) and a warning.
 
         `threads`: intra-op threads (ONNX Runtime: this session only; torch: the process-wide setting).
         `tta`: test-time augmentation, five forward passes per image; None follows the run's config. What it
@@ -196,9 +202,7 @@ class Predictor:
             forward, device_name = _torch_forward(rd, device, threads, tta)
         else:
             forward, device_name = _onnx_forward(rd, ONNX_FILES[backend], threads, tta)
-        cal = read_calibration(rd)
-        temperature = float(cal.get("temperature", 1.0))
-        ood = OodRule.from_dict(cal["ood"]) if isinstance(cal.get("ood"), dict) and "threshold" in cal["ood"] else None
+        temperature, ood = _calibration(rd, allow_uncalibrated)
         metrics = read_json_lenient(rd.metrics)
         info = {
             "run": rd.root.resolve().name,
@@ -208,6 +212,7 @@ class Predictor:
             "params": metrics.get("params"),
             "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
             "device": device_name,
+            "calibrated": ood is not None,
         }
         return cls(forward, backend=backend, tta=tta, temperature=temperature, ood=ood, info=info)
 
@@ -303,6 +308,21 @@ class Predictor:
         return ReadResult(text, digits, "ok" if text else "empty", None if text else "no digit-sized marks")
 
 
+def _calibration(rd: RunDir, allow_uncalibrated: bool) -> tuple[float, OodRule | None]:
+    """The run's temperature and "not a digit" rule; a missing one is an error unless `allow_uncalibrated`."""
+    cal = load_calibration(rd)
+    if cal is not None and cal.ood is not None:
+        return cal.temperature, cal.ood
+    if cal is None:
+        what = f"{rd.root}: no calibration.json: confidences would be uncalibrated and nothing refused as not a digit"
+    else:
+        what = f'{rd.calibration}: no "not a digit" rule ("ood"): nothing would be refused as not a digit'
+    if not allow_uncalibrated:
+        raise RunDirError(f"{what} — run `digitlab calibrate {rd.root}`, or allow it explicitly (--allow-uncalibrated)")
+    warnings.warn(f"{what}: serving it so, as allowed", DigitlabWarning, stacklevel=3)
+    return (1.0 if cal is None else cal.temperature), None
+
+
 # --------------------------------------------------------------------------------------------- backends
 
 
@@ -341,9 +361,28 @@ def _onnx_forward(rd: RunDir, name: str, threads: int | None, tta: bool) -> tupl
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # a corrupt or truncated file
         raise RunDirError(f"cannot load {path}: {' '.join(str(e).split())}") from None
+    _check_onnx_signature(session, path, rd)
     input_name = session.get_inputs()[0].name
 
     def run(x: np.ndarray) -> np.ndarray:  # InferenceSession.run is thread-safe
         return session.run(None, {input_name: x})[0]
 
     return (lambda images: tta_logits(run, images, tta)), "cpu (onnxruntime)"
+
+
+def _check_onnx_signature(session: Any, path: Path, rd: RunDir) -> None:
+    """The graph must take one float32 [N, 1, 28, 28] input and give [N, 10] logits, as `digitlab export` writes."""
+
+    def fits(shape: list, want: list[int]) -> bool:  # the batch axis may be named or of any size
+        return len(shape) == len(want) + 1 and shape[1:] == want
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    ok = (len(inputs) == 1 and inputs[0].type == "tensor(float)" and fits(list(inputs[0].shape), [1, 28, 28])
+          and len(outputs) >= 1 and fits(list(outputs[0].shape), [10]))  # fmt: skip
+    if not ok:
+        got = ", ".join(f"{i.name} {i.type} {list(i.shape)}" for i in inputs)
+        out = ", ".join(f"{o.name} {list(o.shape)}" for o in outputs[:1])
+        raise RunDirError(
+            f"{path}: takes {got} -> {out}; a digitlab model takes one float [N, 1, 28, 28] image "
+            f"and gives [N, 10] logits — re-export it: `digitlab export {rd.root} --format onnx`"
+        )

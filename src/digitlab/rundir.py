@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from digitlab.atomic import atomic_write_bytes, atomic_write_text
 from digitlab.config import TrainConfig
 from digitlab.errors import RunDirError
 
@@ -74,6 +75,7 @@ class RunDir:
         return self
 
     def read_config(self) -> TrainConfig:
+        """config.json, every field type-checked (a broken file is a one-line error)."""
         if not self.config.exists():
             raise RunDirError(f"{self.root}: missing config.json")
         return TrainConfig.load(self.config)
@@ -81,13 +83,22 @@ class RunDir:
     def read_metrics(self) -> dict[str, Any]:
         if not self.metrics.exists():
             raise RunDirError(f"{self.root}: missing metrics.json — run `digitlab evaluate {self.root}`")
-        return json.loads(self.metrics.read_text())
+        return read_json_object(self.metrics)
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         """Write JSON atomically, so a crash never leaves a half-written file behind."""
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; anything else (unreadable, not JSON, not an object) is a one-line RunDirError."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunDirError(f"{path}: not valid JSON ({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object")
+    return data
 
 
 def read_json_lenient(path: Path) -> dict[str, Any]:
@@ -100,13 +111,14 @@ def read_json_lenient(path: Path) -> dict[str, Any]:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (a kill mid-write leaves the previous file whole)."""
+    """Write a checkpoint atomically (a kill or a full disk mid-write leaves the previous file whole)."""
+    import io
+
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    buf = io.BytesIO()  # serialised in memory, so that every byte reaches the disk through one atomic write
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -120,8 +132,9 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     except FileNotFoundError:
         raise RunDirError(f"no checkpoint at {path}") from None
     except Exception as e:  # corrupt, truncated, or a pickle that asks for code: report it in one line
-        first = " ".join(str(e).split())[:200]
-        raise RunDirError(f"cannot load checkpoint {path} (not a safe digitlab checkpoint): {first}") from None
+        first = " ".join(str(e).split())[:160]
+        raise RunDirError(f"cannot load checkpoint {path}: not a safe digitlab checkpoint (truncated, corrupt, or "
+                          f"not written by digitlab: {first})") from None  # fmt: skip
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model" not in ckpt:
         raise RunDirError(f"cannot load checkpoint {path}: not a digitlab checkpoint")
     return ckpt

@@ -4,19 +4,17 @@
 
 The loop is pytorch/examples' canonical one with the reference's callbacks: reduce-on-plateau (or one-cycle),
 early stopping that restores the best weights, best-checkpoint saving. A stop request (signal) is honoured after
-the current step: `checkpoint/last.pt` then holds everything needed to continue bit-for-bit on CPU.
+the current step: `checkpoint/last.pt` then holds everything needed to continue bit-for-bit on CPU. After the
+last step (validation, calibration, test evaluation, plots) a stop is immediate, and `resume` redoes that part.
+The saved state lives in `digitlab.checkpointing`, the signal handling in `digitlab.stopping`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import platform
 import random
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,16 +28,27 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
 from digitlab.augment import random_affine, thicken_strokes
+from digitlab.checkpointing import (
+    TrainState,
+    load_last,
+    read_history,
+    restore,
+    rng_states,
+    save_last,
+    start_fresh,
+    write_history,
+)
 from digitlab.config import TrainConfig
 from digitlab.data import Dataset, Split, load_dataset, stratified_split
 from digitlab.distributed import Dist, init_distributed, shutdown
-from digitlab.errors import ConfigError, RunDirError
+from digitlab.errors import ConfigError, RunDirError, StorageError
 from digitlab.evaluate import pick_device, predict_logits, to_tensor
 from digitlab.models import build_model, count_params
 from digitlab.noise_augment import corruption_augment
-from digitlab.rundir import RunDir, load_checkpoint, save_checkpoint, save_weights
+from digitlab.rundir import RunDir, save_weights
+from digitlab.stopping import Interrupted, StopRequest, stop_on_signals
 
-HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+__all__ = ["Interrupted", "Reporter", "TrainResult", "finish_run", "split_data", "train"]
 
 
 class Reporter(Protocol):
@@ -48,10 +57,6 @@ class Reporter(Protocol):
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
     def step(self, loss: float, accuracy: float, lr: float) -> None: ...
     def end_epoch(self, row: dict[str, Any]) -> None: ...
-
-
-class Interrupted(Exception):
-    """Training stopped on request; `last.pt` holds a resumable checkpoint."""
 
 
 @dataclass
@@ -144,27 +149,6 @@ def ema_update(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tens
     return update
 
 
-@contextmanager
-def stop_on_signals() -> Iterator[Callable[[], bool]]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
-    flag = {"stop": False}
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: flag["stop"]
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def _evaluate_split(
     model: nn.Module, split: Split, device: torch.device, tta: bool = False
 ) -> tuple[dict[str, float], torch.Tensor]:
@@ -174,54 +158,6 @@ def _evaluate_split(
     loss = F.cross_entropy(logits, labels).item()
     acc = (logits.argmax(1) == labels).float().mean().item()
     return {"loss": loss, "accuracy": acc}, logits
-
-
-def _append_history(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
-
-
-def _read_history(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-class _State:
-    """Everything that changes during training and must survive a resume."""
-
-    def __init__(self) -> None:
-        self.epoch = 0  # epochs fully completed
-        self.step = 0  # steps completed inside the current epoch
-        self.perm: torch.Tensor | None = None  # the current epoch's order
-        self.best_loss = float("inf")
-        self.best_epoch = 0
-        self.bad_epochs = 0
-        self.train_seconds = 0.0
-        self.epoch_loss = 0.0
-        self.epoch_correct = 0
-        self.epoch_seen = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-    def load(self, d: dict[str, Any]) -> None:
-        for k, v in d.items():
-            setattr(self, k, v)
-
-
-def _save_last(rd: RunDir, model, opt, sched, scaler, ema, state: _State, rng: list[dict], config: TrainConfig) -> None:
-    save_checkpoint(rd.last, {
-        "model": config.model, "model_args": config.model_args, "state_dict": model.state_dict(),
-        "config": json.loads(config.to_json()), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-        "state": state.to_dict(), "rng": rng,
-    })  # fmt: skip
 
 
 def train(
@@ -237,10 +173,10 @@ def train(
     """Train `config` into run directory `out`; with `resume`, continue from `out/checkpoint/last.pt`
     (the config is then read from the run directory and `config` may be None).
 
-    Raises `Interrupted` after saving `last.pt` when `should_stop()` turns true.
+    Raises `Interrupted` after saving `last.pt` when `should_stop()` turns true or SIGINT/SIGTERM arrives, in
+    the loop or after it (validation, calibration, test evaluation and plots are then redone by `resume`).
     """
-    with stop_on_signals() as signalled:
-        stop = signalled if should_stop is None else (lambda: signalled() or should_stop())
+    with stop_on_signals(should_stop) as stop:
         return _train(config, out, resume=resume, reporter=reporter, should_stop=stop, dataset=dataset,
                       evaluate_test=evaluate_test)  # fmt: skip
 
@@ -251,14 +187,17 @@ def _train(
     *,
     resume: bool,
     reporter: Reporter | None,
-    should_stop: Callable[[], bool],
+    should_stop: StopRequest,
     dataset: Dataset | None,
     evaluate_test: bool,
 ) -> TrainResult:
     rd = RunDir(Path(out))
     if resume:
         if not rd.last.exists():
-            raise RunDirError(f"nothing to resume in {rd.root} (no {rd.last})")
+            why = f"no {rd.last}"
+            if rd.config.exists():  # killed before its first checkpoint: less than an epoch lost, nothing to resume
+                why += "; it stopped before its first checkpoint: train it again with the same options and --out"
+            raise RunDirError(f"nothing to resume in {rd.root} ({why})")
         config = rd.read_config()
     elif config is None:
         raise ConfigError("train() needs a config unless resuming")
@@ -271,6 +210,11 @@ def _train(
     try:
         return _fit(config, rd, dd, device, resume, reporter if dd.is_main else None, should_stop, dataset,
                     evaluate_test)  # fmt: skip
+    except StorageError as e:
+        if rd.last.exists():  # every write is atomic: the last checkpoint is whole, whatever failed to be written
+            raise StorageError(f"{e}; the run can continue from its last checkpoint: "
+                               f"`digitlab train --resume {rd.root}`") from None  # fmt: skip
+        raise
     finally:
         shutdown(dd)
 
@@ -282,7 +226,7 @@ def _fit(
     device: torch.device,
     resume: bool,
     reporter: Reporter | None,
-    stop: Callable[[], bool],
+    stop: StopRequest,
     dataset: Dataset | None,
     evaluate_test: bool,
 ) -> TrainResult:
@@ -291,6 +235,7 @@ def _fit(
     if config.batch_size % dd.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch: it must divide by {dd.world_size}")
     batch = config.batch_size // dd.world_size  # per rank; the global batch (and so the lr) is unchanged
+    saved = load_last(rd, device) if resume else None  # before the data: a broken checkpoint fails at once
     seed_everything(config.seed)  # the same on every rank: identical initial weights
 
     ds = dataset if dataset is not None else load_dataset(config.data)
@@ -323,40 +268,23 @@ def _fit(
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * dd.rank)  # shuffling + augmentation
     if dd.enabled:
         torch.manual_seed(config.seed + dd.rank)  # per-rank dropout streams
-    state = _State()
+    state = TrainState()
 
-    if dd.is_main:
-        rd.root.mkdir(parents=True, exist_ok=True)
-    if resume:
-        ckpt = load_checkpoint(rd.last, device)
-        model.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt:  # absent in checkpoints written before AMP support
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        state.load(ckpt["state"])
-        saved = ckpt.get("rng", [ckpt])  # per-rank RNG states (files from before torchrun support: top level)
-        if len(saved) != dd.world_size:
-            raise RunDirError(f"{rd.last} was written by {len(saved)} process(es); resume with as many")
-        rng = saved[dd.rank]
-        gen.set_state(rng["generator"])
-        torch.set_rng_state(rng["torch_rng"])
-        np.random.set_state(_numpy_rng_from_tensors(rng["numpy_rng"]))
-        random.setstate(rng["python_rng"])
+    if saved is not None:
+        restore(rd, saved, model, opt, sched, scaler, ema, state, gen, dd)
     elif dd.is_main:
-        rd.config.write_text(config.to_json() + "\n")
+        start_fresh(rd, config)
 
-    def save_last() -> None:
-        states = dd.gather(_rng_states(gen))
+    def checkpoint() -> None:
+        states = dd.gather(rng_states(gen))
         if dd.is_main:
-            _save_last(rd, model, opt, sched, scaler, ema, state, states, config)
+            save_last(rd, model, opt, sched, scaler, ema, state, states, config)
+            write_history(rd.history, state.history)  # after last.pt: never ahead of the checkpoint
         dd.barrier()
 
     final = ema.module if ema is not None else model  # the weights that are validated and kept
     aug_gen = gen if device.type == "cpu" else None  # a CPU generator cannot drive CUDA draws
-    while state.epoch < config.epochs:
+    while not state.done and state.epoch < config.epochs:
         epoch = state.epoch + 1
         if state.perm is None:
             if dd.enabled:
@@ -398,7 +326,7 @@ def _fit(
                 reporter.step(batch_loss, correct / len(y), opt.param_groups[0]["lr"])
             if dd.any(stop()) and state.step < steps_per_epoch:
                 state.train_seconds += time.perf_counter() - t0
-                save_last()
+                checkpoint()
                 raise Interrupted(str(rd.root))
 
         loss_sum, correct_sum, seen = dd.all_sum([state.epoch_loss, state.epoch_correct, state.epoch_seen])
@@ -428,18 +356,16 @@ def _fit(
         row["seconds"] = round(state.train_seconds, 3)
         if improved and dd.is_main:
             save_weights(rd.best, final, config, epoch=epoch, val=row.get("val_accuracy"))
-        if dd.is_main:
-            _append_history(rd.history, row)
+        state.history.append(row)
         state.epoch, state.step, state.perm = epoch, 0, None
         state.epoch_loss, state.epoch_correct, state.epoch_seen = 0.0, 0, 0
-        save_last()
+        patience = config.early_stop_patience
+        state.done = epoch >= config.epochs or (patience is not None and state.bad_epochs >= patience)
+        checkpoint()  # with `done` set, a resume goes straight to finishing
         if reporter:
             reporter.end_epoch(row)
-        patience = config.early_stop_patience
-        if patience is not None and state.bad_epochs >= patience:
-            break
         if dd.any(stop()):
-            raise Interrupted(str(rd.root))
+            raise Interrupted(str(rd.root), finishing=state.done)
 
     identical = dd.same_weights(model)
     if not dd.is_main:
@@ -447,29 +373,21 @@ def _fit(
         # while rank 0 still holds it, which can abort the process ("terminate called without an active exception").
         dd.barrier()
         return TrainResult(rd, {})
-    if not rd.best.exists():  # validated only at the end and never improved: keep the final weights
-        save_weights(rd.best, final, config, epoch=state.epoch)
     distributed = None
     if dd.enabled:
         distributed = {"world_size": dd.world_size, "backend": dd.backend, "global_batch": config.batch_size,
                        "per_rank_batch": batch, "sync_bn": config.sync_bn, "weights_identical": identical}  # fmt: skip
     raw = model if ema is not None else None
-    metrics = finish_run(rd, config, final, val_split, state, device, evaluate_test, distributed, raw)
-    dd.barrier()  # releases the other ranks (see above)
-    return TrainResult(rd, metrics, _read_history(rd.history))
-
-
-def _rng_states(gen: torch.Generator) -> dict[str, Any]:
-    """Every RNG's state in types `torch.load(weights_only=True)` accepts (tensors, numbers, tuples)."""
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    numpy_rng = {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                 "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
-    return {"generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "numpy_rng": numpy_rng,
-            "python_rng": random.getstate()}  # fmt: skip
-
-
-def _numpy_rng_from_tensors(d: dict[str, Any]) -> tuple:
-    return d["kind"], d["key"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"]
+    try:
+        # Training is saved (last.pt says `done`): a stop from here on raises at once and `resume` redoes the rest.
+        with stop.immediate(str(rd.root)):
+            if not rd.best.exists():  # validated only at the end and never improved: keep the final weights
+                save_weights(rd.best, final, config, epoch=state.epoch)
+            metrics = finish_run(rd, config, final, val_split, state, device, evaluate_test, distributed, raw,
+                                 check=lambda: stop.check(str(rd.root)))  # fmt: skip
+    finally:
+        dd.barrier()  # releases the other ranks (see above), also when this one stopped or failed
+    return TrainResult(rd, metrics, read_history(rd.history))
 
 
 def finish_run(
@@ -477,15 +395,17 @@ def finish_run(
     config: TrainConfig,
     model: nn.Module,
     val_split: Split,
-    state: _State,
+    state: TrainState,
     device: torch.device,
     evaluate_test: bool,
     distributed: dict | None = None,
     raw: nn.Module | None = None,
+    check: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Write metrics.json for the best checkpoint (validation figures), then the test evaluation and report.
 
     `val_ablation` records what TTA and the EMA (`raw`: the final weights without it) buy on validation.
+    `check` runs between the steps (it raises to stop the run there).
     """
     from digitlab.rundir import load_model
 
@@ -517,14 +437,17 @@ def finish_run(
             metrics["val_ablation"] = ablation
     if distributed:
         metrics["distributed"] = distributed
+    check()
     rd.write_json(rd.metrics, metrics)
     if len(val_split):  # temperature and "not a digit" threshold, fitted on these validation logits
         from digitlab.calibrate import calibrate_split
 
+        check()
         calibrate_split(rd, best, val_split, logits.numpy(), config, device)
     if evaluate_test:
         from digitlab.evaluate import evaluate_run
 
+        check()
         metrics = evaluate_run(rd)
     return metrics
 
