@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import math
 import threading
@@ -76,6 +78,24 @@ def check_request_pixels(heads: Sequence[ImageHead], limit: int) -> None:
                               f"together, limit {limit:,}): send fewer or smaller images per request")  # fmt: skip
 
 
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the memory freed after a big decode back to the OS. glibc keeps what is freed in the heap of the
+    thread that freed it, so without this each of a worker's threads keeps as much as its biggest decode took
+    (measured: eight parallel 6000x6000 RGBA PNGs, decoded one at a time, still left 1.6 GiB resident)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 class DecodeMemory:
     """A worker's budget of estimated decoding memory (a weighted semaphore over threads): a request holds the
     peak of its biggest image while it decodes (images of one request are decoded one after the other), and
@@ -99,6 +119,7 @@ class DecodeMemory:
         try:
             yield
         finally:
+            release_freed_memory()
             with self._cond:
                 self.held -= amount
                 self._cond.notify_all()
