@@ -151,6 +151,10 @@ def test_slow_heads_and_bodies_time_out(server):
 def test_protocol_errors_are_json(server):
     check_raw_error(exchange(server, b"NOT HTTP AT ALL\r\n\r\n"), 400, "bad_request")
     check_raw_error(exchange(server, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), 400, "bad_request")
+    chunked = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+    start = time.monotonic()
+    check_raw_error(exchange(server, chunked, b"zz-not-a-size\r\n"), 400, "bad_request")  # in the body: at once
+    assert time.monotonic() - start < 0.9  # not left to the 1 s body timeout
 
 
 # ------------------------------------------------------------------------------------------------ pixels and memory

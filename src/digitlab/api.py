@@ -3,7 +3,8 @@
 # Usage and design notes
 #
 #     digitlab serve runs/fast --workers 2                  # the CLI builds ApiSettings and starts uvicorn
-#     DIGITLAB_API_SETTINGS='{"run": "runs/fast"}' uvicorn digitlab.api:app_from_env --factory --workers 2
+#     DIGITLAB_API_SETTINGS='{"run": "runs/fast"}' uvicorn digitlab.api:app_from_env --factory --workers 2 \
+#         --http digitlab.api_protocol:GuardedHttpToolsProtocol  # the head limits (not the drain: digitlab serve)
 #
 # * One app per `create_app(settings)`; nothing global. uvicorn needs an import string to start several
 #   workers, so `app_from_env` (factory=True) rebuilds the app in each worker from the JSON settings in

@@ -177,10 +177,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
         if self.transport.is_closing() or self._lingering:
             return
-        if self.cycle is not None and not self.cycle.response_complete:  # a pipelined request's answer is due first
-            self.cycle.keep_alive = False
-            self._lingering = True
-            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if self._in_head or cycle.response_started:  # an earlier request's answer is due first, or under way
+                cycle.keep_alive = False
+                self._lingering = True
+                return
+            cycle.disconnected = True  # this request's own body is malformed: its app reads a disconnect
+            cycle.message_event.set()
         self.transport.write(raw_error(status, reason, code, message))
         self._linger()
 
