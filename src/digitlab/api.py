@@ -675,7 +675,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = None) -> FastAPI:
     """The service for `settings`. `load` builds the predictor (default: `Predictor.from_run` with the settings'
-    run, backend, threads and tta); it runs once, in a worker thread, after startup."""
+    run, backend, threads and tta); it runs once, in a worker thread, at startup (in the background with
+    `wait_for_model`)."""
 
     def default_load() -> Predictor:
         from digitlab.predict import Predictor
@@ -744,7 +745,8 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
               summary="Recognize the digit in each of several images")  # fmt: skip
     async def predict_batch(request: Request) -> BatchOut:
         """Up to `max_batch` files as multipart parts named `files`; one result per file, in order. A file that
-        cannot be decoded gets status 'error' with its code in place; the request itself succeeds."""
+        cannot be decoded gets status 'error' with its code in place; the request itself succeeds unless the
+        files hold more pixels together than `request_pixel_limit` (413)."""
         predictor, model = service.require()
         media_type = _media_type(request.headers.get("content-type"))
         if media_type != "multipart/form-data":
