@@ -261,7 +261,7 @@ def test_health_and_readiness_follow_model_loading(run, predictor, digit_png):
         assert gate.wait(30)
         return predictor
 
-    with TestClient(create_app(ApiSettings(run=run), load=slow_load)) as c:
+    with TestClient(create_app(ApiSettings(run=run, wait_for_model=True), load=slow_load)) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         r = c.get("/readyz")
         assert check_error(r, 503, "not_ready")["message"] == "model is loading" and r.headers["retry-after"] == "1"
@@ -272,14 +272,16 @@ def test_health_and_readiness_follow_model_loading(run, predictor, digit_png):
         assert c.get("/readyz").json() == {"status": "ready", "model": run.name, "backend": "onnx"}
 
     def broken() -> Predictor:
-        raise RunDirError("no model.onnx in /nowhere")
+        raise RunDirError(f"no model.onnx in {run}")
 
-    with TestClient(create_app(ApiSettings(run=run), load=broken)) as c:
+    with pytest.raises(RunDirError, match="model.onnx"):  # by default a model that cannot load stops the app
+        TestClient(create_app(ApiSettings(run=run), load=broken)).__enter__()
+    with TestClient(create_app(ApiSettings(run=run, wait_for_model=True), load=broken)) as c:
         deadline = time.monotonic() + 10
         while "failed" not in (msg := check_error(c.get("/readyz"), 503, "not_ready")["message"]):
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        assert msg == "model failed to load: no model.onnx in /nowhere"
+        assert msg == f"model failed to load: no model.onnx in .../{run.name} (retrying)"  # no path: /readyz is open
         assert c.get("/healthz").status_code == 200
 
 
@@ -393,8 +395,10 @@ def test_api_key(run, predictor, digit_png, monkeypatch):
         assert c.post("/v1/predict", content=digit_png,
                       headers={"Content-Type": "image/png", "X-API-Key": "s3cret-key"}).status_code == 200  # fmt: skip
         assert c.get("/v1/model", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
-        for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        for open_path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
             assert c.get(open_path).status_code == 200
+        check_error(c.get("/metrics"), 401, "unauthorized")  # protected unless public_metrics (test_api_limits)
+        assert c.get("/metrics", headers={"X-API-Key": "s3cret-key"}).status_code == 200
         schemes = c.get("/openapi.json").json()["components"]["securitySchemes"]
         assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
 
@@ -629,7 +633,7 @@ def test_serve_end_to_end_and_graceful_shutdown(run, tmp_path, digit_png):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", API_KEY_ENV: ""}
+    env = {**{k: v for k, v in os.environ.items() if k != API_KEY_ENV}, "OMP_NUM_THREADS": "1"}  # no key
     cpu = max(os.sched_getaffinity(0))  # --cpus: the server (and its workers) run on this core only
     with log_path.open("w") as log_file:
         # the options issue #4 names, spelled as it spells them: --host, --port, --workers, --backend

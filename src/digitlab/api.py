@@ -3,22 +3,27 @@
 # Usage and design notes
 #
 #     digitlab serve runs/fast --workers 2                  # the CLI builds ApiSettings and starts uvicorn
-#     DIGITLAB_API_SETTINGS='{"run": "runs/fast"}' uvicorn digitlab.api:app_from_env --factory --workers 2
+#     DIGITLAB_API_SETTINGS='{"run": "runs/fast"}' uvicorn digitlab.api:app_from_env --factory --workers 2 \
+#         --http digitlab.api_protocol:GuardedHttpToolsProtocol  # the head limits (not the drain: digitlab serve)
 #
 # * One app per `create_app(settings)`; nothing global. uvicorn needs an import string to start several
 #   workers, so `app_from_env` (factory=True) rebuilds the app in each worker from the JSON settings in
-#   $DIGITLAB_API_SETTINGS (`ApiSettings.to_env`). Each worker loads the model once, in the background: /healthz
-#   answers at once, /readyz and the /v1 routes answer 503 until the model is loaded and a warm-up prediction
-#   has run.
+#   $DIGITLAB_API_SETTINGS (`ApiSettings.to_env`). Each worker loads the model once and runs a warm-up
+#   prediction before it serves: a model that cannot load stops the worker (uvicorn exits 3, the reason in one
+#   log line). With `wait_for_model` the worker serves at once instead: /healthz answers, /readyz and the /v1
+#   routes answer 503 until the model has loaded, retried every LOAD_RETRY_S seconds.
 # * Threading: endpoints are `async def` on purpose. They stream the body in the event loop (so the size limit
 #   applies while reading, and a slow upload holds no thread), then run decoding, preprocessing and the model
 #   in a worker thread (`anyio.to_thread.run_sync`) bounded by a per-worker CapacityLimiter of
 #   `settings.concurrency`: the event loop never runs CPU work, and a burst queues instead of oversubscribing
 #   the cores. (Plain `def` endpoints would also run in threads, but could not stream the body under a limit.)
-# * Errors: one shape everywhere, {"error": {"code", "message", "request_id"}}; each exception type is mapped
-#   to its status and code once, by its own handler. Bad input is never a 5xx: 400 undecodable image, 401
-#   missing/wrong API key, 413 body / pixels / files over the limits, 415 unsupported media type, 422
-#   malformed JSON / base64 / multipart, 503 model not ready; a 500 (internal_error, model_error) is a bug.
+# * Cost: pixels per image and per request are checked on the image headers, and decoding memory per worker
+#   is budgeted (digitlab.api_limits); request heads and their timing are bounded by the HTTP protocol
+#   (digitlab.api_protocol), the body's arrival by BodyLimitMiddleware.
+# * Errors: one shape everywhere, {"error": {"code", "message", "request_id"}} (digitlab.api_errors), never
+#   with a file path. Bad input is never a 5xx: 400 undecodable image or refused input, 401 missing/wrong API
+#   key, 408 body too slow, 413 body / pixels / files over the limits, 415 unsupported media type, 422
+#   malformed JSON / base64 / multipart, 431 request head too big, 503 model not ready; a 500 is a bug.
 # * Metrics: one CollectorRegistry per app. With several workers, set PROMETHEUS_MULTIPROC_DIR (the CLI does)
 #   and /metrics aggregates all workers through prometheus_client's multiprocess collector.
 
@@ -27,41 +32,53 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import io
 import json
 import logging
 import os
-import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Request, Security
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from starlette.datastructures import Headers, MutableHeaders, UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitlab import __version__
+from digitlab.api_errors import (
+    ERROR_DOCS,
+    REQUEST_ID_HEADER,
+    ApiError,
+    ErrorResponse,
+    InvalidRequest,
+    NotReady,
+    PixelLimitError,
+    TooManyFiles,
+    UnsupportedMediaType,
+    install_error_handlers,
+    one_line,
+    public_message,
+    redact_paths,
+)
+from digitlab.api_limits import BodyLimitMiddleware, DecodeMemory, ImageHead, check_request_pixels, image_head
+from digitlab.api_observability import JsonFormatter, Metrics, ObservabilityMiddleware, log_config
+from digitlab.api_security import check_api_key, key_dependencies
 from digitlab.errors import ConfigError, DigitlabError, ImageError, RunDirError
-from digitlab.preprocess import DEFAULT_PIXEL_LIMIT, FORMATS
+from digitlab.preprocess import DEFAULT_PIXEL_LIMIT
 
 if TYPE_CHECKING:  # digitlab.predict imports torch: only the workers need it, not uvicorn's supervisor process
     from digitlab.predict import Prediction, Predictor, ReadResult
@@ -81,8 +98,8 @@ __all__ = [
 SETTINGS_ENV = "DIGITLAB_API_SETTINGS"  # JSON of ApiSettings, read by `app_from_env` in each uvicorn worker
 API_KEY_ENV = "DIGITLAB_API_KEY"  # the API key when the settings give none
 TTA_ENV = "DIGITLAB_TTA"  # test-time augmentation when the settings do not say: on/off (1/0, true/false) or "run"
-REQUEST_ID_HEADER = "X-Request-ID"
 MiB = 1024 * 1024
+LOAD_RETRY_S = 5.0  # with wait_for_model: seconds between attempts to load a model that failed to load
 # The file each backend loads, as in digitlab.predict (checked by the tests; not imported, see above).
 MODEL_FILES = {"torch": "checkpoint/best.pt", "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
@@ -90,14 +107,9 @@ MODEL_FILES = {"torch": "checkpoint/best.pt", "onnx": "model.onnx", "onnx-int8":
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif", "image/tiff")
 IMAGE_TYPE_ALIASES = {"image/jpg", "image/pjpeg", "image/mpo", "image/x-bmp", "image/x-ms-bmp", "image/x-tiff"}
 RAW_TYPES = (*IMAGE_TYPES, "application/octet-stream")
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Security schemes (stateless; module level so that FastAPI can resolve the endpoint annotations that name them)
-API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="The service's API key.")
-BEARER = HTTPBearer(auto_error=False, description="The API key as a bearer token.")
+DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc, served from the fastapi-offline package (no CDN)
 
 log = logging.getLogger("digitlab.api")
-access_log = logging.getLogger("digitlab.access")
 T = TypeVar("T")
 
 
@@ -115,10 +127,22 @@ class ApiSettings(BaseModel):
     )
     max_body_bytes: int = Field(10 * MiB, ge=1, description="Largest request body, enforced while reading it.")
     max_batch: int = Field(64, ge=1, le=1024, description="Most files in one /v1/predict/batch request.")
-    api_key: str | None = Field(None, min_length=1, repr=False, description="Require this key on /v1 routes.")
+    api_key: str | None = Field(None, repr=False, description="Require this key on /v1 routes (and /metrics).")
+    no_auth: bool = Field(False, description="Serve without a key on purpose, even with $DIGITLAB_API_KEY empty.")
+    public_metrics: bool = Field(False, description="/metrics answers without the API key.")
     cors_origins: tuple[str, ...] = Field((), description="Origins allowed by CORS ('*' for any); none: no CORS.")
     pixel_limit: int = Field(
         DEFAULT_PIXEL_LIMIT, ge=1, le=DEFAULT_PIXEL_LIMIT, description="Most pixels per image, checked on the header."
+    )
+    request_pixel_limit: int = Field(
+        DEFAULT_PIXEL_LIMIT, ge=1, description="Most pixels the images of one request decode to together (headers)."
+    )
+    decode_memory_mb: int = Field(
+        512, ge=16, description="Estimated decoding memory per worker in use at once (MiB); bigger images queue."
+    )
+    body_timeout: float = Field(60.0, gt=0, description="Seconds a request body may take to arrive (408 after).")
+    wait_for_model: bool = Field(
+        False, description="Serve before the model has loaded (503 until then, retrying) instead of failing at start."
     )
     threads: int | None = Field(1, ge=1, description="Intra-op threads per model call (None: the library's choice).")
     concurrency: int = Field(4, ge=1, description="Predictions running at once per worker; more requests queue.")
@@ -127,6 +151,11 @@ class ApiSettings(BaseModel):
         description="Test-time augmentation (5 forward passes per image); None: as the run's config. Off by "
         "default: the bundled model gains nothing measurable from it (digitlab.predict.TTA_EFFECT).",
     )
+
+    @field_validator("api_key")
+    @classmethod
+    def _sendable_key(cls, v: str | None) -> str | None:
+        return None if v is None else check_api_key(v)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -163,11 +192,11 @@ class ApiSettings(BaseModel):
         try:
             data = json.loads(raw)
         except ValueError as e:
-            raise ConfigError(f"${SETTINGS_ENV} is not valid JSON ({_message(e)})") from None
+            raise ConfigError(f"${SETTINGS_ENV} is not valid JSON ({one_line(e)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"${SETTINGS_ENV} must be a JSON object")
-        if data.get("api_key") is None and env.get(API_KEY_ENV):
-            data["api_key"] = env[API_KEY_ENV]
+        if data.get("api_key") is None and API_KEY_ENV in env and not data.get("no_auth"):
+            data["api_key"] = check_api_key(env[API_KEY_ENV], f"${API_KEY_ENV}")  # set but empty: refused
         if "tta" not in data and env.get(TTA_ENV):
             data["tta"] = tta_setting(env[TTA_ENV])
         return cls.model_validate(data)
@@ -187,26 +216,6 @@ def tta_setting(value: str) -> bool | None:
 
 
 # --------------------------------------------------------------------------------------------- models
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(
-        description="Stable machine-readable code: invalid_image, unauthorized, not_found, method_not_allowed, "
-        "body_too_large, too_many_pixels, too_many_files, unsupported_media_type, invalid_request, not_ready; "
-        "internal_error and model_error (5xx) are bugs."
-    )
-    message: str = Field(description="One line for humans; may change between versions.")
-    request_id: str | None = Field(None, description="The X-Request-ID of the request (also in the logs).")
-
-
-class ErrorResponse(BaseModel):
-    """The body of every error response."""
-
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"error": {"code": "invalid_image", "request_id": "4f1c0a6e9b2d4c57",
-                                                   "message": "not a supported image (expected PNG, JPEG, ...)"}}]}
-    )  # fmt: skip
-    error: ErrorDetail
 
 
 Probability = Field(ge=0.0, le=1.0)
@@ -337,278 +346,6 @@ class ImageJson(BaseModel):
     )
 
 
-# --------------------------------------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    """A refusal at the HTTP level; subclasses fix the status and the stable code."""
-
-    status = 400
-    code = "bad_request"
-
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers
-
-
-class Unauthorized(ApiError):
-    status, code = 401, "unauthorized"
-
-
-class BodyTooLarge(ApiError):
-    status, code = 413, "body_too_large"
-
-
-class TooManyFiles(ApiError):
-    status, code = 413, "too_many_files"
-
-
-class UnsupportedMediaType(ApiError):
-    status, code = 415, "unsupported_media_type"
-
-
-class InvalidRequest(ApiError):
-    status, code = 422, "invalid_request"
-
-
-class NotReady(ApiError):
-    status, code = 503, "not_ready"
-
-
-class PixelLimitError(ImageError):
-    """An image whose header declares more pixels than the service accepts (refused before decoding)."""
-
-
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-              413: "body_too_large", 415: "unsupported_media_type", 422: "invalid_request"}  # fmt: skip
-ERROR_DOCS = {
-    400: "The image cannot be decoded (code invalid_image).",
-    401: "Missing or wrong API key (X-API-Key or Authorization: Bearer).",
-    413: "Body over the size limit, image over the pixel limit, or too many files.",
-    415: "Unsupported Content-Type.",
-    422: "Malformed JSON, base64 or multipart body, or a missing field.",
-    503: "The model is still loading (see /readyz); retry later.",
-}
-
-
-def _error_json(status: int, code: str, message: str, request_id: str | None, headers: dict | None = None) -> Response:
-    body = {"error": {"code": code, "message": message, "request_id": request_id}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _request_id(request: Request) -> str | None:
-    return request.scope.get("state", {}).get("request_id")
-
-
-def _message(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text.removeprefix("<bytes>: ") or type(e).__name__
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    """Each exception type mapped once to its status, code and the one error shape."""
-
-    async def api_error(request: Request, exc: ApiError) -> Response:
-        return _error_json(exc.status, exc.code, exc.message, _request_id(request), exc.headers)
-
-    async def too_many_pixels(request: Request, exc: PixelLimitError) -> Response:
-        return _error_json(413, "too_many_pixels", _message(exc), _request_id(request))
-
-    async def image_error(request: Request, exc: ImageError) -> Response:
-        return _error_json(400, "invalid_image", _message(exc), _request_id(request))
-
-    async def digitlab_error(request: Request, exc: DigitlabError) -> Response:  # the run's fault, not the input's
-        log.error("model error: %s", exc, extra={"fields": {"request_id": _request_id(request)}})
-        return _error_json(500, "model_error", _message(exc), _request_id(request))
-
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
-        return _error_json(422, "invalid_request", where or "invalid request", _request_id(request))
-
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = HTTP_CODES.get(exc.status_code, "internal_error" if exc.status_code >= 500 else "bad_request")
-        return _error_json(exc.status_code, code, str(exc.detail), _request_id(request), exc.headers)
-
-    async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
-        return _error_json(
-            400, "bad_request", "client disconnected before sending the whole body", _request_id(request)
-        )
-
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        rid = _request_id(request)
-        headers = {REQUEST_ID_HEADER: rid} if rid else None
-        return _error_json(500, "internal_error", f"internal error (request id {rid})", rid, headers)
-
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(PixelLimitError, too_many_pixels)
-    app.add_exception_handler(ImageError, image_error)
-    app.add_exception_handler(DigitlabError, digitlab_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(ClientDisconnect, disconnected)
-    app.add_exception_handler(Exception, internal_error)
-
-
-# --------------------------------------------------------------------------------------------- observability
-
-
-class Metrics:
-    """Prometheus families in the spirit of Triton's nv_inference_* and BentoML's bentoml_service_request_*."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        http = ["route", "method", "status"]
-        self.requests = Counter("digitlab_http_requests", "HTTP requests by route, method and status.", http,
-                                registry=registry)  # fmt: skip
-        self.latency = Histogram("digitlab_http_request_duration_seconds", "HTTP request latency (server side).",
-                                 http, buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
-        self.in_progress = Gauge("digitlab_http_requests_in_progress", "HTTP requests being served.", ["route"],
-                                 registry=registry, multiprocess_mode="livesum")  # fmt: skip
-        self.predictions = Counter("digitlab_predictions", "Predicted images by endpoint, digit and status.",
-                                   ["endpoint", "digit", "status"], registry=registry)  # fmt: skip
-        self.inference = Histogram("digitlab_inference_duration_seconds", "Decoding, preprocessing and model time "
-                                   "per request (without queueing).", ["endpoint"], buckets=LATENCY_BUCKETS,
-                                   registry=registry)  # fmt: skip
-        self.batch_size = Histogram(
-            "digitlab_batch_size",
-            "Files per /v1/predict/batch request.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-            registry=registry,
-        )
-        self.model_info = Gauge("digitlab_model_info", "The served model (value 1).", ["run", "backend", "preset"],
-                                registry=registry, multiprocess_mode="max")  # fmt: skip
-
-    def count(self, endpoint: str, preds: Sequence[Prediction]) -> None:
-        for p in preds:
-            self.predictions.labels(endpoint, "none" if p.digit is None else str(p.digit), p.status).inc()
-
-    def exposition(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: sum their files
-            from prometheus_client import multiprocess
-
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
-
-
-class ObservabilityMiddleware:
-    """Request id (X-Request-ID in and out), request metrics and one structured access-log line per request."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: frozenset[str]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes  # label by known route only: random paths must not grow the metric families
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
-        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-        route = scope["path"] if scope["path"] in self.routes else "unmatched"
-        status = 500
-        start = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, rid)
-            await send(message)
-
-        self.metrics.in_progress.labels(route).inc()
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - start
-            self.metrics.in_progress.labels(route).dec()
-            labels = (route, scope["method"], str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                headers = Headers(scope=scope)
-                client = scope.get("client")
-                fields = {"request_id": rid, "method": scope["method"], "path": scope["path"], "route": route,
-                          "status": status, "duration_ms": round(elapsed * 1000, 3),
-                          "client": f"{client[0]}:{client[1]}" if client else None,
-                          "user_agent": headers.get("user-agent"),
-                          "content_length": headers.get("content-length")}  # fmt: skip
-                access_log.info("%s %s %d", scope["method"], scope["path"], status, extra={"fields": fields})
-
-
-class BodyLimitMiddleware:
-    """413 for a body over `max_bytes`: at once from Content-Length, else as soon as the streamed total passes it,
-    so an oversized body is never held in memory whole."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_bytes
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            rid = scope.get("state", {}).get("request_id")
-            msg = f"request body of {int(declared):,} bytes is over the limit of {limit:,} bytes"
-            await _error_json(413, BodyTooLarge.code, msg, rid, {"Connection": "close"})(scope, receive, send)
-            return
-        total = 0
-
-        async def limited() -> Message:
-            nonlocal total
-            message = await receive()
-            if message["type"] == "http.request":
-                total += len(message.get("body", b""))
-                if total > limit:
-                    raise BodyTooLarge(f"request body is over the limit of {limit:,} bytes", {"Connection": "close"})
-            return message
-
-        await self.app(scope, limited, send)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's `fields` (access logs)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def log_config(level: str = "info") -> dict[str, Any]:
-    """uvicorn `log_config`: JSON lines on stderr for uvicorn's and digitlab's loggers (uvicorn's own access
-    log is replaced by digitlab.access, which carries the request id)."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
-    lvl = level.upper()
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter}},
-        "handlers": {"stderr": handler},
-        "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": lvl, "propagate": False},
-            "uvicorn.error": {"level": lvl},
-            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-            "digitlab": {"handlers": ["stderr"], "level": lvl, "propagate": False},
-        },
-    }
-
-
 # --------------------------------------------------------------------------------------------- service
 
 
@@ -651,8 +388,13 @@ def _model_out(predictor: Predictor, run: Path) -> ModelOut:
     )  # fmt: skip
 
 
+class ModelLoadError(RunDirError):
+    """The model could not be loaded (or failed its warm-up prediction)."""
+
+
 class Service:
-    """One worker's predictor, loaded once in the background; ready once a warm-up prediction has run."""
+    """One worker's predictor, loaded once (before serving, or in the background with wait_for_model) and ready
+    once a warm-up prediction has run; and the worker's bounds on running predictions."""
 
     def __init__(self, settings: ApiSettings, load: Callable[[], Predictor], metrics: Metrics) -> None:
         self.settings = settings
@@ -660,33 +402,43 @@ class Service:
         self.metrics = metrics
         self.predictor: Predictor | None = None
         self.model: ModelOut | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # why the model is not loaded, as clients may read it (no paths)
+        self.memory = DecodeMemory(settings.decode_memory_mb * MiB)
         self._limiter: anyio.CapacityLimiter | None = None
 
     async def start(self) -> None:
-        self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
+        """Load the model and warm it up; ModelLoadError (one line) when that fails."""
         started = time.perf_counter()
         try:
             predictor, model = await anyio.to_thread.run_sync(self._load)
         except Exception as e:
-            self.error = _message(e)
-            log.error("model failed to load: %s", self.error, exc_info=not isinstance(e, DigitlabError))
-            return
-        self.predictor, self.model = predictor, model
+            self.error = public_message(e)
+            log.error("model failed to load: %s", one_line(e))  # the log keeps the paths: it is the operator's
+            raise ModelLoadError(self.error) from None
+        self.predictor, self.model, self.error = predictor, model, None
         self.metrics.model_info.labels(model.run, model.backend, str(model.preset)).set(1)
         fields = {"run": model.run, "backend": model.backend, "seconds": round(time.perf_counter() - started, 3)}
         log.info("model ready", extra={"fields": fields})
+
+    async def keep_loading(self) -> None:
+        """`start` until the model loads, every LOAD_RETRY_S seconds (wait_for_model)."""
+        while True:
+            try:
+                await self.start()
+                return
+            except ModelLoadError:
+                await anyio.sleep(LOAD_RETRY_S)
 
     def _load(self) -> tuple[Predictor, ModelOut]:
         predictor = self._load_predictor()
         [warm] = predictor.predict(example_png())
         if warm.status == "error":
-            raise RunDirError(f"warm-up prediction failed: {warm.message}")
+            raise ModelLoadError(f"warm-up prediction failed: {warm.message}")
         return predictor, _model_out(predictor, self.settings.run)
 
     def require(self) -> tuple[Predictor, ModelOut]:
         if self.predictor is None or self.model is None:
-            why = f"model failed to load: {self.error}" if self.error else "model is loading"
+            why = f"model failed to load: {self.error} (retrying)" if self.error else "model is loading"
             raise NotReady(why, {"Retry-After": "1"})
         return self.predictor, self.model
 
@@ -700,8 +452,36 @@ class Service:
             finally:
                 self.metrics.inference.labels(endpoint).observe(time.perf_counter() - start)
 
-        assert self._limiter is not None
+        if self._limiter is None:  # made here, in the event loop: anyio's limiter belongs to a running loop
+            self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
         return await anyio.to_thread.run_sync(timed, limiter=self._limiter)
+
+    def decode(self, predict: Callable[[Any], T], heads: Sequence[ImageHead]) -> T:
+        """`predict` of the images behind `heads` within the request's pixel limit and the decoding memory."""
+        check_request_pixels(heads, self.settings.request_pixel_limit)
+        with self.memory.hold(max((h.peak_bytes for h in heads), default=0)):  # decoded one after the other
+            return predict([h.source for h in heads])
+
+
+class OneLineStartupError:
+    """Lifespan: a model that fails to load is reported once, in one line, by Service.start (Starlette would
+    send uvicorn the whole traceback to log)."""
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def quiet(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and self.service.error is not None:
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, quiet)
 
 
 # --------------------------------------------------------------------------------------------- input
@@ -733,7 +513,7 @@ def _image_from_json(body: bytes) -> bytes:
     except RecursionError:  # [[[[...]]]]: nested deeper than the parser goes
         raise InvalidRequest("body is not valid JSON (nested too deeply)") from None
     except ValueError as e:
-        raise InvalidRequest(f"body is not valid JSON ({_message(e)})") from None
+        raise InvalidRequest(f"body is not valid JSON ({one_line(e)})") from None
     try:
         text = ImageJson.model_validate(obj).image
     except ValidationError as e:
@@ -752,23 +532,8 @@ def _image_from_json(body: bytes) -> bytes:
         raise InvalidRequest("'image' is not valid base64") from None
 
 
-def _check_pixels(data: bytes, limit: int) -> None:
-    """Refuse an image whose header declares more than `limit` pixels, before a single pixel is decoded."""
-    try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
-            w, h = im.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise PixelLimitError(f"too many pixels ({_message(e)})") from None
-    except Exception:
-        return  # unreadable header: decoding will say why (400)
-    if w * h > limit:
-        raise PixelLimitError(f"too many pixels ({w}x{h} = {w * h:,}, limit {limit:,})")
-
-
-def _image_bytes(upload: Upload, pixel_limit: int) -> bytes:
-    data = _image_from_json(upload.data) if upload.is_json else upload.data
-    _check_pixels(data, pixel_limit)
-    return data
+def _image_data(upload: Upload) -> bytes:
+    return _image_from_json(upload.data) if upload.is_json else upload.data
 
 
 async def _parse_multipart(request: Request, max_files: int, too_many: Callable[[], ApiError]) -> list[UploadFile]:
@@ -820,15 +585,18 @@ def _prediction_out(p: Prediction, model: str) -> PredictionOut:
                          message=p.message, model=model)  # type: ignore[arg-type]  # fmt: skip
 
 
-def _predict_one(predictor: Predictor, upload: Upload, pixel_limit: int) -> Prediction:
-    [p] = predictor.predict(_image_bytes(upload, pixel_limit))
+def _predict_one(service: Service, predictor: Predictor, upload: Upload) -> Prediction:
+    head = image_head(_image_data(upload), service.settings.pixel_limit)
+    [p] = service.decode(predictor.predict, [head])
     if p.status == "error":
         raise ImageError(p.message or "cannot decode image")
     return p
 
 
-def _read_one(predictor: Predictor, upload: Upload, pixel_limit: int) -> ReadResult:
-    result = predictor.read(_image_bytes(upload, pixel_limit))
+def _read_one(service: Service, predictor: Predictor, upload: Upload) -> ReadResult:
+    # Never reduced: the boxes it gives are in the source's own pixels.
+    head = image_head(_image_data(upload), service.settings.pixel_limit, reduce=False)
+    result = service.decode(lambda sources: predictor.read(sources[0]), [head])
     if result.status == "error":
         raise ImageError(result.message or "cannot decode image")
     return result
@@ -836,36 +604,33 @@ def _read_one(predictor: Predictor, upload: Upload, pixel_limit: int) -> ReadRes
 
 def _item_error(e: Exception) -> BatchItemError:
     if isinstance(e, PixelLimitError):
-        return BatchItemError(code="too_many_pixels", message=_message(e))
+        return BatchItemError(code="too_many_pixels", message=public_message(e))
     if isinstance(e, ApiError):
-        return BatchItemError(code=e.code, message=e.message)
-    return BatchItemError(code="invalid_image", message=_message(e))
+        return BatchItemError(code=e.code, message=redact_paths(e.message))
+    return BatchItemError(code="invalid_image", message=public_message(e))
 
 
-def _predict_batch(predictor: Predictor, uploads: list[Upload], pixel_limit: int) -> list[tuple[BatchItem, Prediction]]:
-    """One batched forward pass over the files that pass the checks; each other file gets its error in place."""
+def _predict_batch(service: Service, predictor: Predictor, uploads: list[Upload]) -> list[tuple[BatchItem, Prediction]]:
+    """One batched forward pass over the files that pass the checks; each other file gets its error in place. The
+    pixels of the files that pass count against the request's limit together (over it: the request is refused)."""
     from digitlab.predict import Prediction
 
     errors: dict[int, BatchItemError] = {}
-    good: list[int] = []
+    heads: dict[int, ImageHead] = {}
     for i, up in enumerate(uploads):
         try:
             _check_image_type(up.content_type or "")
-            _check_pixels(up.data, pixel_limit)
+            heads[i] = image_head(up.data, service.settings.pixel_limit)
         except (ApiError, DigitlabError) as e:
             errors[i] = _item_error(e)
-        else:
-            good.append(i)
-    preds: dict[int, Prediction] = dict(zip(good, predictor.predict([uploads[i].data for i in good]), strict=True))
+    preds = dict(zip(heads, service.decode(predictor.predict, list(heads.values())), strict=True))
     out = []
     for i, up in enumerate(uploads):
         p = preds.get(i)
         if p is not None and p.status == "error":
-            errors[i] = BatchItemError(code="invalid_image", message=_message(Exception(p.message)))
-        if i in errors:
-            err = errors[i]
-            p = Prediction(None, [], 0.0, "error", err.message)
-        assert p is not None
+            errors[i] = BatchItemError(code="invalid_image", message=public_message(Exception(p.message)))
+        if p is None or i in errors:  # every file has a prediction or an error
+            p = Prediction(None, [], 0.0, "error", errors[i].message)
         item = BatchItem(index=i, filename=up.filename, digit=p.digit, confidence=p.confidence,
                          probabilities=p.probabilities, status=p.status,  # type: ignore[arg-type]
                          message=p.message, error=errors.get(i))  # fmt: skip
@@ -910,7 +675,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = None) -> FastAPI:
     """The service for `settings`. `load` builds the predictor (default: `Predictor.from_run` with the settings'
-    run, backend, threads and tta); it runs once, in a worker thread, after startup."""
+    run, backend, threads and tta); it runs once, in a worker thread, at startup (in the background with
+    `wait_for_model`)."""
 
     def default_load() -> Predictor:
         from digitlab.predict import Predictor
@@ -923,11 +689,15 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
-        task = asyncio.create_task(service.start())
+        task = None
+        if settings.wait_for_model:
+            task = asyncio.create_task(service.keep_loading())
+        else:
+            await service.start()  # a model that cannot load stops the worker before it serves
         try:
             yield
         finally:
-            if not task.done():
+            if task is not None and not task.done():
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
@@ -943,27 +713,17 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
         description="Every answer carries calibrated probabilities and a status ('ok', 'empty', 'not_a_digit'). "
         'Errors have one shape: `{"error": {"code", "message", "request_id"}}`.',
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.settings = settings
-    _install_error_handlers(app)
+    install_error_handlers(app)
+    _offline_docs(app)
 
-    auth: list[Any] = []
-    if settings.api_key is not None:
-        key = settings.api_key.encode()
-
-        async def require_key(
-            header: Annotated[str | None, Security(API_KEY_HEADER)] = None,
-            bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
-        ) -> None:
-            given = header if header is not None else (bearer.credentials if bearer is not None else None)
-            # compare_digest: the time taken does not depend on where the first wrong character is
-            if given is None or not hmac.compare_digest(given.encode(), key):
-                raise Unauthorized("missing or wrong API key", {"WWW-Authenticate": "Bearer"})
-
-        auth = [Depends(require_key)]
+    auth = key_dependencies(None if settings.no_auth else settings.api_key)
     v1_errors = (401, 503) if auth else (503,)
-    image_errors = _errors(400, *v1_errors, 413, 415, 422)
+    image_errors = _errors(400, *v1_errors, 408, 413, 415, 422)
     example = base64.b64encode(example_png()).decode()
 
     async def _single(request: Request) -> tuple[Predictor, ModelOut, Upload]:
@@ -976,16 +736,17 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
         """One image as the multipart file field `file`, as JSON `{"image": "<base64>"}`, or as the raw body
         (Content-Type image/png, image/jpeg, ...)."""
         predictor, model, upload = await _single(request)
-        p = await service.run("predict", _predict_one, predictor, upload, settings.pixel_limit)
+        p = await service.run("predict", _predict_one, service, predictor, upload)
         metrics.count("predict", [p])
         return _prediction_out(p, model.run)
 
-    @app.post("/v1/predict/batch", response_model=BatchOut, responses=_errors(*v1_errors, 413, 415, 422),
+    @app.post("/v1/predict/batch", response_model=BatchOut, responses=_errors(*v1_errors, 408, 413, 415, 422),
               dependencies=auth, tags=["v1"], openapi_extra=_batch_body(settings.max_batch),
               summary="Recognize the digit in each of several images")  # fmt: skip
     async def predict_batch(request: Request) -> BatchOut:
         """Up to `max_batch` files as multipart parts named `files`; one result per file, in order. A file that
-        cannot be decoded gets status 'error' with its code in place; the request itself succeeds."""
+        cannot be decoded gets status 'error' with its code in place; the request itself succeeds unless the
+        files hold more pixels together than `request_pixel_limit` (413)."""
         predictor, model = service.require()
         media_type = _media_type(request.headers.get("content-type"))
         if media_type != "multipart/form-data":
@@ -996,7 +757,7 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
         if not uploads:
             raise InvalidRequest("no files in the multipart body: send each image as a file field named 'files'")
         metrics.batch_size.observe(len(uploads))
-        rows = await service.run("batch", _predict_batch, predictor, uploads, settings.pixel_limit)
+        rows = await service.run("batch", _predict_batch, service, predictor, uploads)
         metrics.count("batch", [p for _, p in rows])
         return BatchOut(model=model.run, count=len(rows), results=[item for item, _ in rows])
 
@@ -1005,7 +766,7 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
     async def read(request: Request) -> ReadOut:
         """The image is sent as for /v1/predict; the digits come back left to right, each with its box."""
         predictor, model, upload = await _single(request)
-        result = await service.run("read", _read_one, predictor, upload, settings.pixel_limit)
+        result = await service.run("read", _read_one, service, predictor, upload)
         metrics.count("read", [d.prediction for d in result.digits])
         digits = [ReadDigitOut(box=list(d.box), digit=d.digit, confidence=d.confidence,
                                probabilities=d.prediction.probabilities, status=d.status,  # type: ignore[arg-type]
@@ -1028,22 +789,54 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
         _, model = service.require()
         return ReadyOut(status="ready", model=model.run, backend=model.backend)
 
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # HEAD too: what load balancers send
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
+
+    metrics_auth = [] if settings.public_metrics else auth
+
     @app.get("/metrics", response_class=Response, tags=["ops"], summary="Prometheus metrics",
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                              "description": "Prometheus text exposition format."}})  # fmt: skip
+             dependencies=metrics_auth, responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition format."},
+                        **(_errors(401) if metrics_auth else {})})  # fmt: skip
     async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     # Outermost first: request id / metrics / access log, then CORS (so errors carry its headers), then the
     # body limit (so nothing reads past it).
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", REQUEST_ID_HEADER],
                            expose_headers=[REQUEST_ID_HEADER], max_age=600)  # fmt: skip
     routes = frozenset(getattr(r, "path", "") for r in app.routes)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, routes=routes)
+    app.add_middleware(OneLineStartupError, service=service)
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles served here: they work offline."""
+    from importlib.resources import files
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+    title = f"{app.title} API"
+
+    async def swagger(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=title, oauth2_redirect_url=None,
+                                   swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})  # (no online validator)  # fmt: skip
+
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=title, with_google_fonts=False,
+                              redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png")  # fmt: skip
+
+    app.add_api_route("/docs", swagger, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/redoc", redoc, methods=["GET"], include_in_schema=False)
 
 
 def app_from_env() -> FastAPI:

@@ -826,14 +826,19 @@ def serve(
         None, "--backend", help="onnx, onnx-int8 or torch (default: onnx when RUN has model.onnx, else torch)."
     ),
     api_key: str | None = typer.Option(
-        None, "--api-key", envvar="DIGITLAB_API_KEY", help="Require this key (X-API-Key or Bearer) on /v1 routes."
+        None, "--api-key", envvar="DIGITLAB_API_KEY", help="Require this key (X-API-Key or Bearer) on /v1 and /metrics."
     ),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without an API key on purpose."),
+    public_metrics: bool = typer.Option(False, "--public-metrics", help="/metrics answers without the API key."),
     cors_origin: list[str] | None = typer.Option(  # noqa: B008
         None, "--cors-origin", help="Allow this browser origin (repeatable; '*' for any)."
     ),
     max_body_mb: float = typer.Option(10.0, "--max-body-mb", min=0.001, help="Largest request body, in MiB."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, max=1024, help="Most files per /v1/predict/batch."),
     pixel_limit: int | None = typer.Option(None, "--pixel-limit", min=1, help="Most pixels per image."),
+    request_pixel_limit: int | None = typer.Option(
+        None, "--request-pixel-limit", min=1, help="Most pixels the images of one request hold together."
+    ),
     threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads per model call."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Predictions at once per worker."),
     tta: bool | None = typer.Option(
@@ -842,6 +847,9 @@ def serve(
     graceful_timeout: float = typer.Option(
         30.0, "--graceful-timeout", min=0, help="Seconds to finish in-flight requests after SIGTERM."
     ),
+    wait_for_model: bool = typer.Option(
+        False, "--wait-for-model", help="Serve before the model loads (/readyz 503, retrying) instead of failing."
+    ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
     cpus: str | None = typer.Option(
         None, "--cpus", help="Run the server on these CPU cores only, e.g. 1 or 0,2-3 (Linux; workers share them)."
@@ -849,32 +857,43 @@ def serve(
 ) -> None:
     """Serve RUN as a REST API (FastAPI + uvicorn): /v1/predict, /v1/predict/batch, /v1/read, /v1/model, /docs.
 
-    Logs are JSON lines on stderr; SIGTERM finishes in-flight requests and exits 0.
+    Logs are JSON lines on stderr. A model that cannot load stops the server at once (exit 1) unless
+    --wait-for-model. SIGTERM stops accepting, finishes the requests already sent and exits 0.
     """
     import os
     import signal
     import socket
     import tempfile
 
-    import uvicorn
     from pydantic import ValidationError
 
-    from digitlab.api import SETTINGS_ENV, TTA_ENV, ApiSettings, log_config, tta_setting
+    from digitlab.api import API_KEY_ENV, SETTINGS_ENV, TTA_ENV, ApiSettings, log_config, tta_setting
+    from digitlab.api_security import check_api_key
+    from digitlab.api_server import serve as run_server
+    from digitlab.api_server import server_config
     from digitlab.errors import ConfigError
 
     _check_format(log_level, ("debug", "info", "warning", "error"))
     if tta is None:
         tta = tta_setting(os.environ.get(TTA_ENV) or "off")
+    if no_auth and (api_key or os.environ.get(API_KEY_ENV)):
+        raise ConfigError(f"--no-auth with an API key set (--api-key or ${API_KEY_ENV}): drop one of them")
+    if api_key is None and API_KEY_ENV in os.environ and not no_auth:
+        check_api_key(os.environ[API_KEY_ENV], f"${API_KEY_ENV}")  # set but empty: refused (Typer reads it as unset)
     fields = {"run": (default_run() if run is None else run).resolve(), "backend": backend, "api_key": api_key,
+              "no_auth": no_auth, "public_metrics": public_metrics, "wait_for_model": wait_for_model,
               "cors_origins": tuple(cors_origin or ()), "max_body_bytes": max(1, round(max_body_mb * 1024 * 1024)),
               "max_batch": max_batch, "threads": threads, "concurrency": concurrency, "tta": tta}  # fmt: skip
     if pixel_limit is not None:
         fields["pixel_limit"] = pixel_limit
+    if request_pixel_limit is not None:
+        fields["request_pixel_limit"] = request_pixel_limit
     try:
         settings = ApiSettings(**fields)
     except ValidationError as e:
         raise ConfigError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
-    settings.check()  # a missing run or model file fails here, in one line, not in every worker
+    if not wait_for_model:
+        settings.check()  # a missing run or model file fails here, in one line, not in every worker
     if cpus is not None:
         pin_to_cpus(cpus)
     with socket.socket() as s:
@@ -894,13 +913,16 @@ def serve(
                   f"{workers} worker(s)) → http://{host}:{port}  (docs: /docs)", highlight=False,
                   soft_wrap=True)  # fmt: skip
     sys.stdout.flush()
+    config = server_config("digitlab.api:app_from_env", factory=True, host=host, port=port, workers=workers,
+                           log_config=log_config(log_level), log_level=log_level, access_log=False,
+                           server_header=False, timeout_graceful_shutdown=graceful_timeout)  # fmt: skip
     try:
-        uvicorn.run("digitlab.api:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_config=log_config(log_level), log_level=log_level, access_log=False, server_header=False,
-                    timeout_graceful_shutdown=graceful_timeout)  # fmt: skip
+        status = run_server(config)
     finally:
         if metrics_dir is not None:
             metrics_dir.cleanup()
+    if status != 0:
+        raise DigitlabError("the server did not start (the reason is in the log line above)")
 
 
 # ---------------------------------------------------------------------------------------------- ensemble

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -150,13 +151,23 @@ def _decode(fp: IO[bytes], pixel_limit: int, name: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(fp, formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name}: too many pixels ({_one_line(e)})") from None
+        raise ImageError(f"{name}: {too_many_pixels(e, pixel_limit)}") from None
     except Image.UnidentifiedImageError:
         raise ImageError(f"{name}: not a supported image (expected {FORMAT_NAMES})") from None
     except Exception as e:  # plugins raise SyntaxError, ValueError, struct.error ... on malformed headers
         raise ImageError(f"{name}: cannot read image header ({_one_line(e)})") from None
     _check_size(im, pixel_limit, name)  # before any decoder sees the pixels
     return _plain_png(im) or _decoded(im, name, owned=True)
+
+
+def too_many_pixels(e: Exception, pixel_limit: int) -> str:
+    """The message for PIL's decompression-bomb error `e`: our `pixel_limit`, not PIL's own, is the one to quote
+    (unless the image is within ours: then PIL's, which only a caller raising our limit past it can meet)."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(e))
+    if not found:
+        return f"too many pixels (limit {pixel_limit:,})"
+    pixels, theirs = int(found.group(1)), int(found.group(2))
+    return f"too many pixels ({pixels:,}, limit {pixel_limit if pixels > pixel_limit else theirs:,})"
 
 
 def _plain_png(im: Image.Image) -> Image.Image | None:
