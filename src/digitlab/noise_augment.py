@@ -85,9 +85,10 @@ def outline(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
 
 
 def erase(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-    """Random erasing (Zhong et al. 2017): a rectangle of 5-25% of the image set to black or to noise."""
+    """Random erasing (Zhong et al. 2017): a rectangle of 5-35% of the image set to black, to noise, or inverted
+    (a patch of the other polarity, as a glare, a sticker or a scanner's dark border makes)."""
     n, _, h, w = x.shape
-    area = _u(n, 0.05, 0.25, g, x.device).view(n)
+    area = _u(n, 0.05, 0.35, g, x.device).view(n)
     aspect = torch.exp(torch.empty(n, device=x.device).uniform_(-1, 1, generator=g))
     rh = (area * h * w * aspect).sqrt().clamp(max=h)
     rw = (area * h * w / aspect).sqrt().clamp(max=w)
@@ -98,9 +99,9 @@ def erase(x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
     inside = ((ys - cy.view(n, 1, 1)).abs() < rh.view(n, 1, 1) / 2) & (
         (xs - cx.view(n, 1, 1)).abs() < rw.view(n, 1, 1) / 2
     )
-    fill = torch.rand(x.shape, generator=g, device=x.device) * (
-        torch.rand(n, 1, 1, 1, generator=g, device=x.device) < 0.5
-    )
+    kind = torch.randint(3, (n, 1, 1, 1), generator=g, device=x.device)  # 0 black, 1 noise, 2 inverted
+    noise_fill = torch.rand(x.shape, generator=g, device=x.device)
+    fill = torch.where(kind == 0, torch.zeros_like(x), torch.where(kind == 1, noise_fill, 1 - x))
     return torch.where(inside.unsqueeze(1), fill, x)
 
 
