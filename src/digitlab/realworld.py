@@ -57,7 +57,7 @@ __all__ = [
     "score_realworld",
 ]
 
-SET_NAMES = ("canvas", "photo", "fonts")
+SET_NAMES = ("canvas", "photo", "fonts", "lowres", "pen", "page")
 CANVAS_SIDE = 280
 # How a canvas leaves the browser: (0,0,0,0) background with black or white ink in alpha, or filled first.
 CANVAS_MODES = ("rgba/black-ink", "rgba/white-ink", "rgb/white-on-black", "rgb/black-on-white")
