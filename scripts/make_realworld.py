@@ -12,8 +12,10 @@ digitlab.realworld.FONTS, each with `--font-variants` images per digit), and fro
 (low-resolution scans shown enlarged), pen.npz (thin and thick pens; every other image a glyph of a handwriting
 font) and page.npz (a small digit on a big page). Each `NAME-tune.npz` is the same kind of set made from the
 validation digits of the bundled run's split (MNIST training images; other fonts, other seeds): what
-`digitlab calibrate` fits the "not a digit" rule on. The test-digit sets are only ever reported. The fonts come from Debian
-packages; install them first, or the fonts set holds only the fonts this machine has (it says which):
+`digitlab calibrate` fits the "not a digit" rule on. The test-digit sets are only ever reported.
+
+The fonts come from Debian packages; install them first, or the font sets hold only the fonts this machine has
+(it says which):
 
     apt-get install fonts-breip fonts-bwht fonts-comic-neue fonts-dancingscript fonts-dkg-handwriting \\
         fonts-havana fonts-humor-sans fonts-kaushanscript fonts-klee \\

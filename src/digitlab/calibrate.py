@@ -11,10 +11,11 @@ Both are fitted on the run's *validation* split, never on the test set:
   statistic of the 28x28 input the model sees (the share of bright pixels: uniform noise fills half the image,
   and networks are often *more* confident on noise than on digits, so no logit score can catch it). The
   threshold keeps SOURCE_TPR (99.7%) of the validation digits *and* of each other digit source users send
-  (canvas, photo, fonts, low-resolution scans, thin and thick pens, small digits on big pages: the validation-digit
-  sets of `digitlab.refusal`); the ink gate sits above the digits of every source. The out-of-distribution sets used while fitting
-  (Fashion-MNIST *train* images, uniform noise, letters rendered from a font) only choose between the two
-  scores and document how much each rule rejects; the test-set AUROCs in metrics.json["ood"] are a report.
+  (canvas, photo, fonts, low-resolution scans, thin and thick pens, small digits on big pages: the
+  validation-digit sets of `digitlab.refusal`); the ink gate sits above the digits of every source. The
+  out-of-distribution sets used while fitting (Fashion-MNIST *train* images, uniform noise, letters rendered
+  from a font) only choose between the two scores and document how much each rule rejects; the test-set
+  AUROCs in metrics.json["ood"] are a report.
 """
 
 from __future__ import annotations
