@@ -38,15 +38,19 @@ def _changes(a: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _block(runs: np.ndarray, total: int) -> float | None:
-    """The largest block size s >= MIN_BLOCK (total / n for a whole n) that every run is a multiple of, within the
-    one pixel that rounding the block edges allows; None when there is none or the grid is finer than MAX_SOURCE."""
+    """The largest block size s >= MIN_BLOCK (total / n for a whole n) with every edge between runs at a multiple
+    of s, within the half pixel that rounding moves an edge (PIL, most tools), else within the one pixel that
+    truncating does; None when there is none or the grid is finer than MAX_SOURCE px."""
     if len(runs) < MIN_RUNS or runs.min() < MIN_BLOCK:
         return None
     n = np.arange(2, min(MAX_SOURCE, int(total / MIN_BLOCK)) + 1)
     s = total / n[:, None]
-    q = np.maximum(np.round(runs[None, :] / s), 1)
-    fits = (np.abs(runs[None, :] - q * s) < 1).all(axis=1)
-    return float(total / n[np.argmax(fits)]) if fits.any() else None
+    edges = np.cumsum(runs)[None, :-1]
+    off = np.abs(edges - np.round(edges / s) * s).max(axis=1)
+    for tolerance in (0.5 + 1e-6, 1 - 1e-6):
+        if (off <= tolerance).any():
+            return float(total / n[np.argmax(off <= tolerance)])
+    return None
 
 
 def source_grid(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
