@@ -131,3 +131,39 @@ def test_calibrate_run_on_a_copy_of_the_tiny_run(tiny_run, tmp_path):
     assert all(0 <= v <= 1 for v in auroc.values())
     assert auroc["noise"] > 0.9  # the ink gate, whatever the tiny model's logits say
     assert f"temperature {cal['temperature']:g}" in (run / "report.md").read_text()
+
+
+def test_fit_ood_keeps_the_target_share_of_every_digit_source():
+    rng = np.random.default_rng(2)
+    digits = np.zeros((1000, 28, 28), np.uint8)
+    digits[:, 8:20, 12:16] = 255
+    val_logits = rng.normal(0, 1, (1000, 10))
+    val_logits[np.arange(1000), rng.integers(0, 10, 1000)] += 8
+    hard = rng.normal(0, 1, (400, 10))  # digits users send: less confident than validation digits
+    hard[np.arange(400), rng.integers(0, 10, 400)] += 4
+    thick = np.zeros((400, 28, 28), np.uint8)
+    thick[:, 6:22, 10:18] = 255  # a fat pen: more bright ink than any validation digit
+    flat = rng.normal(0, 1, (300, 10))
+    sources = {"hard": (hard, thick)}
+    alone, _ = fit_ood(val_logits, digits, {"flat": (flat, digits[:300])}, target_tpr=0.997)
+    assert alone.accepts(hard, thick).mean() < 0.9  # fitted on validation digits only, it refuses them
+    rule, report = fit_ood(val_logits, digits, {"flat": (flat, digits[:300])}, target_tpr=0.997, sources=sources)
+    assert rule.accepts(hard, thick).mean() >= 0.997 and rule.accepts(val_logits, digits).mean() >= 0.997
+    assert rule.ink_max >= ink_fraction(thick[:1])[0]
+    assert report["kept"]["hard"] >= 0.997 and report["n_sources"] == {"validation": 1000, "hard": 400}
+
+
+def test_digit_sources_keep_only_the_runs_validation_digits(mnist):
+    from digitlab.data import stratified_split
+    from digitlab.realworld import load_realworld
+    from digitlab.refusal import digit_sources
+
+    tune = load_realworld("page-tune")
+    index = [int(o.split(":")[1]) for o in tune.origins[:60]]
+    val = mnist.train.subset(np.array(index[:55]))  # a "split" holding 55 of the set's digits
+    found, report = digit_sources(val, "mnist", limit=None)
+    assert len(found["page-tune"]) <= 55 and "left out" in report["lowres-tune"]  # (none of its digits)
+    assert len(found["fonts-tune"]) >= 50  # font glyphs belong to no split
+    _, val_idx = stratified_split(mnist.train.labels, 0.1, 0)
+    assert set(index) <= set(val_idx.tolist())  # the tune sets are the bundled run's validation digits
+    assert digit_sources(val, "fashion-mnist")[0] == {}

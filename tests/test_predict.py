@@ -101,7 +101,11 @@ def test_blank_canvas_is_empty_and_a_corrupt_file_is_an_error(predictor, digits,
     blank = np.full((200, 200), 255, np.uint8)
     results = predictor.predict([blank, str(bad), png_bytes(digits[1]), str(tmp_path / "missing.png")])
     assert [r.status for r in results] == ["empty", "error", "ok", "error"]
-    assert results[0].digit is None and results[0].probabilities == [] and results[0].confidence == 0.0
+    assert results[0].digit is None and results[0].confidence == 0.0
+    # refused, but with the model's probabilities for the (blank) framed image and the reason in one line
+    assert len(results[0].probabilities) == 10 and sum(results[0].probabilities) == pytest.approx(1)
+    assert results[0].message == "no ink" and results[0].input is not None
+    assert results[1].probabilities == []
     assert results[1].digit is None and "\n" not in results[1].message and "bad.png" in results[1].message
     assert "no such file" in results[3].message
 

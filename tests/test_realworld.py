@@ -150,7 +150,7 @@ def test_save_and_load_give_back_the_same_images(mnist, canvas, tmp_path):
 def test_committed_sets_are_there_and_small():
     files = {name: rw.realworld_dir() / f"{name}.npz" for name in rw.SET_NAMES}
     assert all(f.is_file() for f in files.values())
-    assert sum(f.stat().st_size for f in files.values()) < 11e6
+    assert sum(files[name].stat().st_size for name in ("canvas", "photo", "fonts")) < 11e6  # (the others: test_synth)
     sets = {name: rw.load_realworld(name) for name in rw.SET_NAMES}
     assert len(sets["canvas"]) == 2000 and len(sets["photo"]) == 1000 and len(sets["fonts"]) >= 1000
     assert set(sets["canvas"].kinds) == set(rw.CANVAS_MODES)
@@ -175,6 +175,9 @@ def test_evaluate_realworld_writes_metrics_and_report(tiny_run, tmp_path, mnist,
     for r in results.values():
         assert r["n"] == 8 and 0 <= r["accuracy"] <= 1 and 0 <= r["naive_accuracy"] <= 1 and r["empty"] >= 0
         assert sum(k["n"] for k in r["by_kind"].values()) == 8
+        # the run is calibrated: what a user gets, with its "not a digit" rule
+        assert 0 <= r["refused"] <= 1 and r["not_a_digit"] + r["empty"] == round(r["refused"] * 8)
+        assert r["read"] <= r["accuracy"] + 1e-9 and 0 <= r["answered_accuracy"] <= 1
     assert "by_font" in results["fonts"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["realworld"] == json.loads(json.dumps(results))
@@ -186,6 +189,8 @@ def test_evaluate_realworld_writes_metrics_and_report(tiny_run, tmp_path, mnist,
     section = report[report.index(rw.REPORT_HEADING) :].split("\n## ")[0]
     assert "| set | n | accuracy (digitlab preprocessing) | naive resize baseline |" in section
     assert f"| canvas | 8 | {100 * results['canvas']['accuracy']:.2f}% |" in section
+    assert "| refused | accuracy on answered | read |" in section
+    assert f"{100 * results['canvas']['read']:.2f}% |" in section
 
     # Run again on other sets: the section is replaced, not repeated, and the rest of the report stays.
     rw.evaluate_realworld(run, sets={"photo": rw.photo_set(mnist.test, 4, seed=1)})

@@ -232,13 +232,13 @@ class PredictionOut(BaseModel):
     digit: int | None = Field(ge=0, le=9, description="The digit; null unless status is 'ok'.")
     confidence: float = Field(ge=0.0, le=1.0, description="Calibrated probability of `digit` (0 when null).")
     probabilities: list[float] = Field(
-        max_length=10, description="The 10 calibrated class probabilities (digits 0-9) whenever the model ran "
-        "(status 'ok' or 'not_a_digit'); empty for 'empty'."
+        max_length=10, description="The 10 calibrated class probabilities (digits 0-9) of the framed image, "
+        "refused ones included (status 'ok', 'empty' or 'not_a_digit')."
     )  # fmt: skip
     status: Literal["ok", "empty", "not_a_digit"] = Field(
         description="'ok'; 'empty' (no digit-like ink); 'not_a_digit' (rejected by the run's out-of-distribution rule)."
     )
-    message: str | None = Field(description="Why status is not 'ok'.")
+    message: str | None = Field(description="Why status is not 'ok', in one line.")
     model: str = Field(description="Run id of the model that answered.")
 
 

@@ -10,9 +10,12 @@ Both are fitted on the run's *validation* split, never on the test set:
   logit; each run keeps whichever rejects more of the out-of-distribution fitting sets) is combined with an ink
   statistic of the 28x28 input the model sees (the share of bright pixels: uniform noise fills half the image,
   and networks are often *more* confident on noise than on digits, so no logit score can catch it). The
-  threshold keeps `target_tpr` (99%) of the validation digits. The out-of-distribution sets used while fitting
-  (Fashion-MNIST *train* images, uniform noise, letters rendered from a font) only choose between the two
-  scores and document how much each rule rejects; the test-set AUROCs in metrics.json["ood"] are a report.
+  threshold keeps SOURCE_TPR (99.7%) of the validation digits *and* of each other digit source users send
+  (canvas, photo, fonts, low-resolution scans, thin and thick pens, small digits on big pages: the
+  validation-digit sets of `digitlab.refusal`); the ink gate sits above the digits of every source. The
+  out-of-distribution sets used while fitting (Fashion-MNIST *train* images, uniform noise, letters rendered
+  from a font) only choose between the two scores and document how much each rule rejects; the test-set
+  AUROCs in metrics.json["ood"] are a report.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ INK_PENALTY = 1e6  # subtracted from the score of an image failing the ink gate 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 # Out-of-distribution sets: sizes while training finishes (seconds count) and for `digitlab calibrate`.
-QUICK_SIZES = {"fashion_mnist": 500, "noise": 100, "letters": 100}
-FULL_SIZES = {"fashion_mnist": 5000, "noise": 500, "letters": 500}
+# "digits": images per digit source (`refusal.digit_sources`; None: all).
+QUICK_SIZES = {"fashion_mnist": 500, "noise": 100, "letters": 100, "digits": 200}
+FULL_SIZES = {"fashion_mnist": 5000, "noise": 500, "letters": 500, "digits": None}
 TEST_SIZE = 2000  # MNIST test and Fashion-MNIST test images for the AUROC report
 
 # Letters whose glyphs are not also a digit's shape (no O/o, I/l, S/s, Z/z, B, G, b, g, q, D ...).
@@ -159,6 +163,13 @@ class OodRule:
                    None if ink is None else float(ink))  # fmt: skip
 
 
+def _keeping(scores: np.ndarray, tpr: float) -> float:
+    """The highest threshold that `scores` (higher: more digit-like) meet for at least `tpr` of them."""
+    s = np.sort(scores)[::-1]
+    keep = min(len(s), math.ceil(tpr * len(s) - 1e-9))
+    return float(s[keep - 1]) if keep > 0 else float(s[0]) + 1.0
+
+
 def _auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -172,23 +183,25 @@ def fit_ood(
     ood: dict[str, tuple[np.ndarray, np.ndarray]],
     temperature: float = 1.0,
     target_tpr: float = TARGET_TPR,
+    sources: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[OodRule, dict[str, Any]]:
-    """Fit the "not a digit" rule on validation digits; `ood` maps a set's name to its (logits, images).
+    """Fit the "not a digit" rule on validation digits; `ood` maps a set's name to its (logits, images), and
+    `sources` other digit sources (validation digits drawn as users send them) the same way.
 
-    The ink gate is the INK_QUANTILE of the digits' bright-pixel share; the logit threshold then keeps exactly
-    `target_tpr` of the digits overall. Of the OOD_SCORES, the one rejecting the larger mean share of the
-    OOD sets wins (with no OOD sets: energy). Returns the rule and a report for calibration.json.
+    The ink gate is the highest INK_QUANTILE of the digits' bright-pixel share over the validation digits and
+    each source; the logit threshold then keeps at least `target_tpr` of each (exactly that share of the
+    hardest one). Of the OOD_SCORES, the one rejecting the larger mean share of the OOD sets wins (with no OOD
+    sets: energy). Returns the rule and a report for calibration.json.
     """
     n = len(val_logits)
     if n == 0:
         raise ValueError("no validation digits to fit the OOD threshold on")
-    ink_max = float(np.quantile(ink_fraction(val_images), INK_QUANTILE))
-    keep = min(n, math.ceil(target_tpr * n - 1e-9))
+    digits = {"validation": (val_logits, val_images), **(sources or {})}
+    ink_max = max(float(np.quantile(ink_fraction(im), INK_QUANTILE)) for _, im in digits.values() if len(im))
     candidates: dict[str, dict[str, Any]] = {}
     for kind in OOD_SCORES:
         free = OodRule(kind, -math.inf, temperature, ink_max)
-        s = np.sort(free.digit_score(val_logits, val_images))[::-1]
-        threshold = float(s[keep - 1]) if keep > 0 else float(s[0]) + 1.0
+        threshold = min(_keeping(free.digit_score(lg, im), target_tpr) for lg, im in digits.values() if len(lg))
         rule = OodRule(kind, threshold, temperature, ink_max)
         in_scores = rule.digit_score(val_logits, val_images)
         rejected = {k: float(np.mean(~rule.accepts(lg, im))) for k, (lg, im) in ood.items()}
@@ -199,6 +212,7 @@ def fit_ood(
             "rejected": rejected,
             "auroc": auroc,
             "mean_rejected": float(np.mean(list(rejected.values()))) if rejected else 0.0,
+            "kept": {k: float(np.mean(rule.accepts(lg, im))) for k, (lg, im) in digits.items() if len(lg)},
         }
     best = max(OOD_SCORES, key=lambda k: (candidates[k]["mean_rejected"], k == "energy"))
     chosen = candidates[best]
@@ -208,6 +222,8 @@ def fit_ood(
         "target_tpr": target_tpr,
         "n_in": n,
         "rejected": chosen["rejected"],
+        "kept": chosen["kept"],
+        "n_sources": {k: len(lg) for k, (lg, _) in digits.items()},
         "auroc_fit": chosen["auroc"],
         "candidates": {
             k: {"threshold": c["rule"].threshold, "mean_rejected": c["mean_rejected"], "rejected": c["rejected"]}
@@ -332,11 +348,19 @@ def calibrate_split(
     val_logits = np.asarray(val_logits, dtype=np.float64)
     labels = np.asarray(val.labels)
     temperature = fit_temperature(val_logits, labels)
-    sets, described = ood_images("fit", tuple((sizes or QUICK_SIZES).items()))
+    from digitlab.refusal import SOURCE_TPR, digit_sources
+
+    sizes = {**QUICK_SIZES, **(sizes or {})}
+    sets, described = ood_images("fit", tuple(sizes.items()))
     logits_of = _logits_fn(model, config, device)
     ood = {name: (logits_of(images), images) for name, images in sets.items()}
-    _, ood_report = fit_ood(val_logits, val.images, ood, temperature)
-    ood_report["fitted_on"] = f"{len(labels):,} validation digits of {config.data} vs {described}"
+    found, used = digit_sources(val, config.data, sizes.get("digits"))
+    sources = {name: (logits_of(images), images) for name, images in found.items()}
+    _, ood_report = fit_ood(val_logits, val.images, ood, temperature, SOURCE_TPR, sources)
+    kinds = ", ".join(f"{k} {v:,}" for k, v in used.items() if isinstance(v, int)) or "none"
+    ood_report["fitted_on"] = (f"{len(labels):,} validation digits of {config.data} and validation-digit "
+                               f"sources ({kinds}) vs {described}")  # fmt: skip
+    ood_report["sources"] = used
     cal = {
         "temperature": temperature,
         "nll_before": nll(val_logits, labels),

@@ -196,7 +196,9 @@ def evaluate(
         None, "--data", help="Evaluate on another dataset (name or path); results go to RUN/eval/<name>/."
     ),
     realworld: bool = typer.Option(
-        False, "--realworld", help="Also score the non-MNIST sets in data/realworld/ (canvas, photo, fonts)."
+        False,
+        "--realworld",
+        help="Also score the non-MNIST sets in data/realworld/ (canvas, photo, fonts, lowres, pen, page).",
     ),
 ) -> None:
     """Evaluate a run's best checkpoint on the official test set: metrics.json, report.md and plots."""
@@ -226,12 +228,13 @@ def _evaluate_realworld(run: Path, test: dict) -> None:
     with console.status("real-world sets…") as status:
         results = evaluate_realworld(run, progress=lambda msg: status.update(f"{msg}…"))
     table = Table(title="accuracy on real-world input", caption="naive resize: the whole picture squashed to 28x28")
-    for col in ("set", "n", "digitlab preprocessing", "naive resize", "empty"):
+    for col in ("set", "n", "digitlab preprocessing", "naive resize", "empty", "refused", "read"):
         table.add_column(col, justify="left" if col == "set" else "right")
-    table.add_row(f"{test['dataset']} test", f"{test['n']:,}", f"{test['accuracy']:.2%}", "—", "—")
+    table.add_row(f"{test['dataset']} test", f"{test['n']:,}", f"{test['accuracy']:.2%}", "—", "—", "—", "—")
     for name, r in results.items():
+        refused, read = (f"{r['refused']:.2%}", f"{r['read']:.2%}") if "read" in r else ("—", "—")
         table.add_row(name, f"{r['n']:,}", f"[bold]{r['accuracy']:.2%}[/]", f"{r['naive_accuracy']:.2%}",
-                      f"{r['empty']:,}")  # fmt: skip
+                      f"{r['empty']:,}", refused, read)  # fmt: skip
     console.print(table)
 
 

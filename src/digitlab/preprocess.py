@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 from scipy import ndimage as ndi
 
 from digitlab.errors import ImageError
+from digitlab.lowres import restore, restore_array
 
 __all__ = [
     "DEFAULT_PIXEL_LIMIT",
@@ -78,6 +79,7 @@ SW_MIN_PX = 10.0  # ... but no further than to strokes this wide
 EMPTY_MIN_SIDE_PX = 3
 EMPTY_MIN_SIDE_FRAC = 0.04  # ink box's longer side vs the image's shorter side
 EMPTY_MIN_FRACTION = 0.0005  # ink pixels vs the square of the image's shorter side
+DIGIT_MIN_PX = 16  # ... but a mark this many source px long is never too small: a small digit on a big page
 DOT_RATIO = 2.0  # a mark no longer than this many stroke widths is a dot (a blob has no strokes)
 LINE_STRAIGHT = 0.2  # minor/major spread of the ink below this: a straight stroke
 LINE_MAX_TILT = 60.0  # a straight stroke tilted more than this from vertical is a line, not a "1"
@@ -414,9 +416,16 @@ def _working_size(size: tuple[int, int], pixels: int = WORK_PIXELS) -> tuple[tup
     return (max(1, round(w * scale)), max(1, round(h * scale))), scale
 
 
-def _load_gray(source: ImageSource, pixel_limit: int) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Working-size greyscale of `source`, its scale (working px per source px), and the source size."""
-    return _gray_of(load_image(source, pixel_limit=pixel_limit))
+def _load_gray(
+    source: ImageSource, pixel_limit: int, smooth: bool = False
+) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Working-size greyscale of `source`, its scale (working px per source px), and the source size; `smooth`:
+    a blocky (nearest-neighbour) upscale or a tiny image made smooth first (`lowres.restore`)."""
+    im = load_image(source, pixel_limit=pixel_limit)
+    size = im.size
+    im, k = restore(im) if smooth else (im, 1.0)
+    g, scale, _ = _gray_of(im)
+    return g, scale * k, size
 
 
 def _gray_of(im: Image.Image, pixels: int = WORK_PIXELS) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -483,6 +492,7 @@ def _prepare(gray: np.ndarray, scale: float = 1.0) -> _Ink:
 def _clean(r: np.ndarray, scale: float) -> _Ink:
     """`_prepare` from the ink's rise above the paper `r` (white-on-black, paper at 0) on."""
     sigma = _noise(r)
+    sigma = min(sigma, _step_noise(r)) if sigma > 0 else sigma
     peak = float(r.max())
     contrast = _median(r[r >= 0.5 * peak]) if peak > 0 else 0.0
     if contrast < MIN_CONTRAST or contrast < MIN_SNR * sigma:
@@ -501,6 +511,14 @@ def _noise(r: np.ndarray) -> float:
     if r.size - np.count_nonzero(r) > r.size // 2:
         return 0.0
     return 1.4826 * _median(np.abs(r - _median(r)))
+
+
+def _step_noise(r: np.ndarray) -> float:
+    """Noise level of 2-D `r` from the differences between horizontal neighbours (on up to 64 rows). Where ink
+    covers half the picture or more (a tight crop, an enlarged small image) `_noise` measures the ink, not the
+    noise; this measures the noise as long as edges are a minority."""
+    step = np.abs(np.diff(r[:: max(1, r.shape[0] // 64)], axis=1))
+    return 1.4826 / math.sqrt(2) * _median(step)
 
 
 def _remove_specks(x: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -636,7 +654,8 @@ class InkStats:
 def ink_stats(ink: np.ndarray, *, contrast: float = 1.0) -> InkStats:
     """Measure a cleaned white-on-black image (float in [0, 1] or uint8) and decide whether it is empty.
 
-    Empty: no ink or too faint, a tiny mark (box or area), a dot (no longer than two stroke widths), or one
+    Empty: no ink or too faint, a mark shorter than DIGIT_MIN_PX that is also tiny next to the picture (box or
+    area), a dot (no longer than two stroke widths), or one
     straight stroke tilted more than LINE_MAX_TILT degrees from vertical (a line, not a digit; an upright one is a 1).
     """
     a = np.asarray(ink, dtype=np.float32)
@@ -647,8 +666,9 @@ def ink_stats(ink: np.ndarray, *, contrast: float = 1.0) -> InkStats:
     return _ink_stats(a, contrast, None)
 
 
-def _ink_stats(a: np.ndarray, contrast: float, n_comp: int | None) -> InkStats:
-    """ink_stats of float `a`; `n_comp`, when known, is its number of 8-connected components."""
+def _ink_stats(a: np.ndarray, contrast: float, n_comp: int | None, scale: float = 1.0) -> InkStats:
+    """ink_stats of float `a`; `n_comp`, when known, is its number of 8-connected components; `scale`: px of `a`
+    per source px."""
     h, w = a.shape
     mask = a > 0
     box = _ink_box(mask)
@@ -664,9 +684,10 @@ def _ink_stats(a: np.ndarray, contrast: float, n_comp: int | None) -> InkStats:
     sw = _quick_stroke_width(a, box)
     longer, short_side = max(bw, bh), min(h, w)
     reason = ""
-    if longer < max(EMPTY_MIN_SIDE_PX, EMPTY_MIN_SIDE_FRAC * short_side):
+    small = longer < DIGIT_MIN_PX * scale  # relative to the picture only below a digit's size in the source
+    if longer < EMPTY_MIN_SIDE_PX or (small and longer < EMPTY_MIN_SIDE_FRAC * short_side):
         reason = "ink too small"
-    elif n_ink < EMPTY_MIN_FRACTION * short_side**2:
+    elif small and n_ink < EMPTY_MIN_FRACTION * short_side**2:
         reason = "too little ink"
     elif longer <= DOT_RATIO * sw:
         reason = "a single dot"
@@ -893,12 +914,14 @@ def preprocess_array(gray: np.ndarray, *, thin: bool = False, fast: bool = True)
     g = _as_gray(gray)
     if g.size > COARSE_PIXELS:  # the two passes, as `preprocess` does them: in 8 bits, through PIL
         return _preprocess_image(Image.fromarray(_to_u8(g)), thin)
-    return _preprocess_gray(g, 1.0, (g.shape[1], g.shape[0]), thin)
+    smooth, k = restore_array(g)
+    return _preprocess_gray(smooth, k, (g.shape[1], g.shape[0]), thin)
 
 
 def _preprocess_gray(g: np.ndarray, scale: float, size: tuple[int, int], thin: bool) -> Preprocessed:
     prep = _prepare(g, scale)
-    stats = _in_source_pixels(_ink_stats(prep.ink, prep.contrast, prep.n_components), prep.scale, size)
+    stats = _ink_stats(prep.ink, prep.contrast, prep.n_components, prep.scale)
+    stats = _in_source_pixels(stats, prep.scale, size)
     return _finish(_to_mnist(prep.ink, thin), stats, size)
 
 
@@ -923,14 +946,17 @@ def preprocess(
 
 
 def _preprocess_image(im: Image.Image, thin: bool) -> Preprocessed:
-    """The general path for a loaded image: a coarse pass first, the full one when its digit came out small."""
+    """The general path for a loaded image: a coarse pass first, the full one when its digit came out small.
+    A blocky upscale or a tiny image is made smooth first (`lowres.restore`)."""
+    size = im.size
+    im, k = restore(im)
     if im.width * im.height > COARSE_PIXELS:
-        g, scale, size = _gray_of(im, COARSE_PIXELS)
-        coarse = _preprocess_gray(g, scale, size, thin)
-        if coarse.status == "ok" and max(coarse.stats.bbox_size) * scale >= COARSE_MIN_INK:
+        g, scale, _ = _gray_of(im, COARSE_PIXELS)
+        coarse = _preprocess_gray(g, scale * k, size, thin)
+        if coarse.status == "ok" and max(coarse.stats.bbox_size) * scale * k >= COARSE_MIN_INK:
             return coarse
-    g, scale, size = _gray_of(im)
-    return _preprocess_gray(g, scale, size, thin)
+    g, scale, _ = _gray_of(im)
+    return _preprocess_gray(g, scale * k, size, thin)
 
 
 def naive_resize(source: ImageSource, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> np.ndarray:
@@ -954,7 +980,7 @@ def segment_digits(
     least-ink path near the middle when much wider than tall (touching digits). Marks shorter than 30% of
     the tallest group (dots, dashes) are dropped; each digit carries its own status and stats.
     """
-    g, scale, size = _load_gray(source, pixel_limit)
+    g, scale, size = _load_gray(source, pixel_limit, smooth=True)
     prep = _prepare(g, scale)
     x = prep.ink
     lab, n = ndi.label(x > 0, structure=EIGHT_CONNECTED)
