@@ -1,4 +1,4 @@
-"""Batched random augmentation: affine (rotation, zoom, translation), elastic distortion, stroke width."""
+"""Batched random augmentation: affine (rotation, zoom, translation), elastic distortion, stroke width, degradations."""
 
 from __future__ import annotations
 
@@ -110,3 +110,131 @@ def thicken_strokes(x: torch.Tensor, share: float, generator: torch.Generator | 
     u = torch.rand(len(x), 2, generator=generator, device=x.device)
     t = torch.where(u[:, 0] < share, u[:, 1], torch.zeros_like(u[:, 1])).to(x.dtype).view(-1, 1, 1, 1)
     return x + t * (F.max_pool2d(x, 3, stride=1, padding=1) - x)
+
+
+# --------------------------------------------------------------------------------------------- robustness
+# Generic image degradations for corruption robustness. None of them is one of `digitlab.corruptions` (the
+# evaluation suite): each draws its own kind of damage with its own generator, so the suite stays unseen.
+
+
+def _chosen(x: torch.Tensor, share: float, generator: torch.Generator | None) -> torch.Tensor:
+    """A (N, 1, 1, 1) 0/1 mask: which images of the batch get an augmentation applied with probability `share`."""
+    return (torch.rand(len(x), generator=generator, device=x.device) < share).to(x.dtype).view(-1, 1, 1, 1)
+
+
+def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return (lo + (hi - lo) * torch.rand(n, generator=generator, device=device)).view(-1, 1, 1, 1)
+
+
+def random_lighting(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uneven light and low contrast: ink scaled by a contrast in [0.3, 1] over a smooth background of level
+    up to 0.6 (a random 3x3 grid, bicubically upsampled), on a random `share` of the batch."""
+    if share <= 0:
+        return x
+    n, dev = len(x), x.device
+    grid = torch.rand(n, 1, 3, 3, generator=generator, device=dev)
+    field = F.interpolate(grid, size=x.shape[-2:], mode="bicubic", align_corners=True).clamp(0, 1)
+    level = _uniform(n, 0.0, 0.6, generator, dev)
+    contrast = _uniform(n, 0.3, 1.0, generator, dev)
+    lit = (level * field + contrast * x).clamp(0, 1)
+    return torch.lerp(x, lit, _chosen(x, share, generator))
+
+
+def random_pixel_noise(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sensor-like noise on a random `share` of the batch: Gaussian noise (sigma up to 0.3), then up to 10% of
+    the pixels dropped to black and up to 10% of them lit at random brightness."""
+    if share <= 0:
+        return x
+    n, dev = len(x), x.device
+    sigma = _uniform(n, 0.0, 0.3, generator, dev)
+    noisy = x + sigma * torch.randn(x.shape, generator=generator, device=dev)
+    u = torch.rand((2, *x.shape), generator=generator, device=dev)
+    drop, lit = u[0] < _uniform(n, 0, 0.1, generator, dev), u[1] < _uniform(n, 0, 0.1, generator, dev)
+    noisy = torch.where(drop, torch.zeros_like(noisy), noisy)
+    noisy = torch.where(lit, torch.rand(x.shape, generator=generator, device=dev), noisy)
+    return torch.lerp(x, noisy.clamp(0, 1), _chosen(x, share, generator))
+
+
+def random_erasing(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020) on a random `share` of the batch: one rectangle (2-25% of the image,
+    aspect 1:4 to 4:1) either filled with one random grey or inverted."""
+    if share <= 0:
+        return x
+    n, dev = len(x), x.device
+    h, w = x.shape[-2:]
+    area = _uniform(n, 0.02, 0.25, generator, dev).view(-1) * h * w
+    aspect = torch.exp(_uniform(n, -math.log(4), math.log(4), generator, dev).view(-1))
+    bh = (area * aspect).sqrt().clamp(1, h)
+    bw = (area / aspect).sqrt().clamp(1, w)
+    top = torch.rand(n, generator=generator, device=dev) * (h - bh)
+    left = torch.rand(n, generator=generator, device=dev) * (w - bw)
+    rows = torch.arange(h, device=dev).view(1, h, 1)
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    box = ((rows >= top.view(-1, 1, 1)) & (rows < (top + bh).view(-1, 1, 1))
+           & (cols >= left.view(-1, 1, 1)) & (cols < (left + bw).view(-1, 1, 1))).unsqueeze(1)  # fmt: skip
+    grey = torch.rand(n, 1, 1, 1, generator=generator, device=dev).expand_as(x)
+    invert = torch.rand(n, 1, 1, 1, generator=generator, device=dev) < 0.5
+    fill = torch.where(invert, 1 - x, grey)
+    return torch.where(box & (_chosen(x, share, generator) > 0), fill, x)
+
+
+def random_strokes(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One to three stray pen strokes across a random `share` of the batch: segments between random points
+    anywhere in the image, 1-3 px wide, some of them dashed."""
+    if share <= 0:
+        return x
+    n, dev = len(x), x.device
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=dev, dtype=x.dtype).view(1, h, 1)
+    cols = torch.arange(w, device=dev, dtype=x.dtype).view(1, 1, w)
+    ink = torch.zeros(n, h, w, device=dev, dtype=x.dtype)
+    count = torch.randint(1, 4, (n,), generator=generator, device=dev)
+    for k in range(3):
+        p = torch.rand(n, 4, generator=generator, device=dev).to(x.dtype) * (w - 1)
+        (c0, r0, c1, r1) = (p[:, i].view(-1, 1, 1) for i in range(4))
+        dc, dr = c1 - c0, r1 - r0
+        t = (((cols - c0) * dc + (rows - r0) * dr) / (dc**2 + dr**2).clamp_min(1e-6)).clamp(0, 1)
+        dist = torch.sqrt((cols - c0 - t * dc) ** 2 + (rows - r0 - t * dr) ** 2)
+        width = _uniform(n, 0.5, 1.5, generator, dev).view(-1, 1, 1)
+        stroke = (width + 0.5 - dist).clamp(0, 1)
+        dashed = torch.rand(n, 1, 1, generator=generator, device=dev) < 0.3
+        period = torch.randint(3, 7, (n, 1, 1), generator=generator, device=dev)
+        length = t * (dc**2 + dr**2).sqrt()
+        gap = (length.long() % period) >= (period + 1) // 2
+        stroke = torch.where(dashed & gap, torch.zeros_like(stroke), stroke)
+        ink = torch.maximum(ink, stroke * (count > k).view(-1, 1, 1).to(x.dtype))
+    return torch.lerp(x, torch.maximum(x, ink.unsqueeze(1)), _chosen(x, share, generator))
+
+
+def random_blur(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian blur of a random `share` of the batch: sigma 0.5-1.5 px, separately along rows and columns
+    (so some blurs are elongated)."""
+    if share <= 0:
+        return x
+    n, dev = len(x), x.device
+    radius = 4
+    t = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
+    sigma = 0.5 + torch.rand(n, 2, generator=generator, device=dev).to(x.dtype)
+    k = torch.exp(-(t.view(1, 1, -1) ** 2) / (2 * sigma.unsqueeze(-1) ** 2))
+    k = k / k.sum(-1, keepdim=True)  # (N, 2, taps)
+    # One grouped convolution per axis: each image its own kernel.
+    y = F.conv2d(x.view(1, n, *x.shape[-2:]), k[:, 0].view(n, 1, 1, -1), padding=(0, radius), groups=n)
+    y = F.conv2d(y, k[:, 1].view(n, 1, -1, 1), padding=(radius, 0), groups=n).view_as(x)
+    return torch.lerp(x, y, _chosen(x, share, generator))
+
+
+ROBUST_AUGMENTATIONS = {
+    "lighting": random_lighting,
+    "noise": random_pixel_noise,
+    "erasing": random_erasing,
+    "strokes": random_strokes,
+    "blur": random_blur,
+}
+
+
+def robust_augment(x: torch.Tensor, shares: dict[str, float], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply the ROBUST_AUGMENTATIONS named in `shares`, each to its share of the batch, in a fixed order."""
+    for name, fn in ROBUST_AUGMENTATIONS.items():
+        if shares.get(name, 0) > 0:
+            x = fn(x, shares[name], generator)
+    return x
