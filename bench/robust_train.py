@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="config field, as `train --set`")
     parser.add_argument("--out", type=Path, default=Path("/tmp/robust-runs"))
+    parser.add_argument("--limit", type=int, default=2000, help="validation images the suite corrupts")
     args = parser.parse_args()
 
     shares = parse_shares(args.shares)
@@ -59,7 +60,7 @@ def main() -> None:
     t0 = time.perf_counter()
     result = train_mod.train(config, run, evaluate_test=False)
     train_wall = time.perf_counter() - t0
-    suite = evaluate_robustness(run, split="val")
+    suite = evaluate_robustness(run, split="val", limit=args.limit)
     row = {
         "bench": "robust_train",
         "command": "python bench/robust_train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -67,7 +68,7 @@ def main() -> None:
         "run": str(run), "train_seconds": result.metrics.get("train_seconds"), "wall_seconds": round(train_wall, 1),
         "val_accuracy": result.metrics["val"]["accuracy"],
         "val_suite": {k: suite[k] for k in ("mean_accuracy", "mean_accuracy_preprocessed", "min_accuracy", "worst",
-                                            "clean_accuracy", "n", "seed", "tta")},
+                                            "clean_accuracy", "n", "seed", "tta", "seconds")},
         "val_suite_accuracy": {n: s["accuracy"] for n, s in suite["corruptions"].items()},
         "val_suite_accuracy_preprocessed": {n: s["accuracy_preprocessed"] for n, s in suite["corruptions"].items()},
     }  # fmt: skip
