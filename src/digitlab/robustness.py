@@ -14,7 +14,8 @@ from digitlab.data import Split
 from digitlab.errors import ConfigError, DataError, DigitlabError
 from digitlab.rundir import RunDir, read_json_lenient
 
-__all__ = ["SPLITS", "SUITE_SEEDS", "evaluate_robustness", "robustness_markdown", "score_images", "suite_split"]
+__all__ = ["SPLITS", "SUITE_SEEDS", "evaluate_robustness", "print_robustness", "robustness_markdown", "score_images",
+           "suite_rows", "suite_split"]  # fmt: skip
 
 SPLITS = ("test", "val")
 # The test suite is drawn with seed 0, the validation-derived one with seed 1: recipes chosen on the
@@ -119,6 +120,7 @@ def evaluate_robustness(
     tta: bool | None = False,
     progress: Progress | None = None,
     write: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Score a run on the clean images and on each corruption of `digitlab.corruptions` applied to them.
 
@@ -130,7 +132,8 @@ def evaluate_robustness(
     RUN/report.md and a figure into RUN/plots/. Returns that result: "mean_accuracy" (the mean over the
     corruptions of the raw `accuracy`), "clean_accuracy", "corruptions" ({name: `score_images` figures}),
     "clean" (the same figures for the uncorrupted images) and what was run (split, seed, n, limit, tta).
-    `progress(stage, images done, images in all)` is called as it goes.
+    `progress(stage, images done, images in all)` is called as it goes; `device` runs the model (the
+    corruptions and `preprocess` run on the CPU).
     """
     from digitlab.predict import Predictor
 
@@ -141,7 +144,7 @@ def evaluate_robustness(
         raise ConfigError(f"unknown corruption(s) {', '.join(unknown)}; choose from: {', '.join(CORRUPTIONS)}")
     seed = SUITE_SEEDS.get(split, 0) if seed is None else int(seed)
     data = suite_split(rd, split, limit)
-    predictor = Predictor.from_run(rd.root, tta=tta)
+    predictor = Predictor.from_run(rd.root, tta=tta, device=device)
     n, total = len(data), len(data) * (len(names) + 1)
     done = 0
 
