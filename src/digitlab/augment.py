@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -117,49 +118,55 @@ def thicken_strokes(x: torch.Tensor, share: float, generator: torch.Generator | 
 # evaluation suite): each draws its own kind of damage with its own generator, so the suite stays unseen.
 
 
-def _chosen(x: torch.Tensor, share: float, generator: torch.Generator | None) -> torch.Tensor:
-    """A (N, 1, 1, 1) 0/1 mask: which images of the batch get an augmentation applied with probability `share`."""
-    return (torch.rand(len(x), generator=generator, device=x.device) < share).to(x.dtype).view(-1, 1, 1, 1)
+def _on_share(x: torch.Tensor, share: float, generator: torch.Generator | None,
+              degrade: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    """`degrade` applied to a random `share` of the batch (each image with that probability), only to those."""
+    if share <= 0:
+        return x
+    pick = torch.nonzero(torch.rand(len(x), generator=generator, device=x.device) < share).view(-1)
+    if len(pick) == 0:
+        return x
+    out = x.clone()
+    out[pick] = degrade(x[pick], generator)
+    return out
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     return (lo + (hi - lo) * torch.rand(n, generator=generator, device=device)).view(-1, 1, 1, 1)
 
 
-def random_lighting(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uneven light and low contrast: ink scaled by a contrast in [0.3, 1] over a smooth background of level
-    up to 0.6 (a random 3x3 grid, bicubically upsampled), on a random `share` of the batch."""
-    if share <= 0:
-        return x
+def _lighting(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     n, dev = len(x), x.device
     grid = torch.rand(n, 1, 3, 3, generator=generator, device=dev)
     field = F.interpolate(grid, size=x.shape[-2:], mode="bicubic", align_corners=True).clamp(0, 1)
     level = _uniform(n, 0.0, 0.6, generator, dev)
     contrast = _uniform(n, 0.3, 1.0, generator, dev)
-    lit = (level * field + contrast * x).clamp(0, 1)
-    return torch.lerp(x, lit, _chosen(x, share, generator))
+    return (level * field + contrast * x).clamp(0, 1)
+
+
+def random_lighting(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uneven light and low contrast: ink scaled by a contrast in [0.3, 1] over a smooth background of level
+    up to 0.6 (a random 3x3 grid, bicubically upsampled), on a random `share` of the batch."""
+    return _on_share(x, share, generator, _lighting)
+
+
+def _pixel_noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    n, dev = len(x), x.device
+    noisy = x + _uniform(n, 0.0, 0.3, generator, dev) * torch.randn(x.shape, generator=generator, device=dev)
+    u = torch.rand((2, *x.shape), generator=generator, device=dev)
+    drop, lit = u[0] < _uniform(n, 0, 0.1, generator, dev), u[1] < _uniform(n, 0, 0.1, generator, dev)
+    noisy = torch.where(drop, torch.zeros_like(noisy), noisy)
+    noisy = torch.where(lit, torch.rand(x.shape, generator=generator, device=dev), noisy)
+    return noisy.clamp(0, 1)
 
 
 def random_pixel_noise(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sensor-like noise on a random `share` of the batch: Gaussian noise (sigma up to 0.3), then up to 10% of
     the pixels dropped to black and up to 10% of them lit at random brightness."""
-    if share <= 0:
-        return x
-    n, dev = len(x), x.device
-    sigma = _uniform(n, 0.0, 0.3, generator, dev)
-    noisy = x + sigma * torch.randn(x.shape, generator=generator, device=dev)
-    u = torch.rand((2, *x.shape), generator=generator, device=dev)
-    drop, lit = u[0] < _uniform(n, 0, 0.1, generator, dev), u[1] < _uniform(n, 0, 0.1, generator, dev)
-    noisy = torch.where(drop, torch.zeros_like(noisy), noisy)
-    noisy = torch.where(lit, torch.rand(x.shape, generator=generator, device=dev), noisy)
-    return torch.lerp(x, noisy.clamp(0, 1), _chosen(x, share, generator))
+    return _on_share(x, share, generator, _pixel_noise)
 
 
-def random_erasing(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random erasing (Zhong et al. 2020) on a random `share` of the batch: one rectangle (2-25% of the image,
-    aspect 1:4 to 4:1) either filled with one random grey or inverted."""
-    if share <= 0:
-        return x
+def _erasing(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     n, dev = len(x), x.device
     h, w = x.shape[-2:]
     area = _uniform(n, 0.02, 0.25, generator, dev).view(-1) * h * w
@@ -174,15 +181,16 @@ def random_erasing(x: torch.Tensor, share: float, generator: torch.Generator | N
            & (cols >= left.view(-1, 1, 1)) & (cols < (left + bw).view(-1, 1, 1))).unsqueeze(1)  # fmt: skip
     grey = torch.rand(n, 1, 1, 1, generator=generator, device=dev).expand_as(x)
     invert = torch.rand(n, 1, 1, 1, generator=generator, device=dev) < 0.5
-    fill = torch.where(invert, 1 - x, grey)
-    return torch.where(box & (_chosen(x, share, generator) > 0), fill, x)
+    return torch.where(box, torch.where(invert, 1 - x, grey), x)
 
 
-def random_strokes(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One to three stray pen strokes across a random `share` of the batch: segments between random points
-    anywhere in the image, 1-3 px wide, some of them dashed."""
-    if share <= 0:
-        return x
+def random_erasing(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020) on a random `share` of the batch: one rectangle (2-25% of the image,
+    aspect 1:4 to 4:1) either filled with one random grey or inverted."""
+    return _on_share(x, share, generator, _erasing)
+
+
+def _strokes(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     n, dev = len(x), x.device
     h, w = x.shape[-2:]
     rows = torch.arange(h, device=dev, dtype=x.dtype).view(1, h, 1)
@@ -199,28 +207,36 @@ def random_strokes(x: torch.Tensor, share: float, generator: torch.Generator | N
         stroke = (width + 0.5 - dist).clamp(0, 1)
         dashed = torch.rand(n, 1, 1, generator=generator, device=dev) < 0.3
         period = torch.randint(3, 7, (n, 1, 1), generator=generator, device=dev)
-        length = t * (dc**2 + dr**2).sqrt()
-        gap = (length.long() % period) >= (period + 1) // 2
+        gap = ((t * (dc**2 + dr**2).sqrt()).long() % period) >= (period + 1) // 2
         stroke = torch.where(dashed & gap, torch.zeros_like(stroke), stroke)
         ink = torch.maximum(ink, stroke * (count > k).view(-1, 1, 1).to(x.dtype))
-    return torch.lerp(x, torch.maximum(x, ink.unsqueeze(1)), _chosen(x, share, generator))
+    return torch.maximum(x, ink.unsqueeze(1))
+
+
+def random_strokes(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One to three stray pen strokes across a random `share` of the batch: segments between random points
+    anywhere in the image, 1-3 px wide, some of them dashed."""
+    return _on_share(x, share, generator, _strokes)
+
+
+BLUR_RADIUS = 4
+
+
+def _blur(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    n, dev = len(x), x.device
+    t = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, device=dev, dtype=x.dtype)
+    sigma = 0.5 + torch.rand(n, 2, generator=generator, device=dev).to(x.dtype)
+    k = torch.exp(-(t.view(1, 1, -1) ** 2) / (2 * sigma.unsqueeze(-1) ** 2))
+    k = k / k.sum(-1, keepdim=True)  # (N, 2, taps)
+    # One grouped convolution per axis: each image its own kernel.
+    y = F.conv2d(x.reshape(1, n, *x.shape[-2:]), k[:, 0].view(n, 1, 1, -1), padding=(0, BLUR_RADIUS), groups=n)
+    return F.conv2d(y, k[:, 1].view(n, 1, -1, 1), padding=(BLUR_RADIUS, 0), groups=n).view_as(x)
 
 
 def random_blur(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Gaussian blur of a random `share` of the batch: sigma 0.5-1.5 px, separately along rows and columns
     (so some blurs are elongated)."""
-    if share <= 0:
-        return x
-    n, dev = len(x), x.device
-    radius = 4
-    t = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
-    sigma = 0.5 + torch.rand(n, 2, generator=generator, device=dev).to(x.dtype)
-    k = torch.exp(-(t.view(1, 1, -1) ** 2) / (2 * sigma.unsqueeze(-1) ** 2))
-    k = k / k.sum(-1, keepdim=True)  # (N, 2, taps)
-    # One grouped convolution per axis: each image its own kernel.
-    y = F.conv2d(x.view(1, n, *x.shape[-2:]), k[:, 0].view(n, 1, 1, -1), padding=(0, radius), groups=n)
-    y = F.conv2d(y, k[:, 1].view(n, 1, -1, 1), padding=(radius, 0), groups=n).view_as(x)
-    return torch.lerp(x, y, _chosen(x, share, generator))
+    return _on_share(x, share, generator, _blur)
 
 
 ROBUST_AUGMENTATIONS = {
