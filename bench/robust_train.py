@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def main() -> None:
     row = {
         "bench": "robust_train",
         "command": "python bench/robust_train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None,
         "name": args.name, "preset": args.preset, "seed": args.seed, "shares": shares, "sets": args.sets,
         "run": str(run), "train_seconds": result.metrics.get("train_seconds"), "wall_seconds": round(train_wall, 1),
         "val_accuracy": result.metrics["val"]["accuracy"],
