@@ -200,6 +200,12 @@ def evaluate(
         "--realworld",
         help="Also score the non-MNIST sets in data/realworld/ (canvas, photo, fonts, lowres, pen, page).",
     ),
+    robustness: bool = typer.Option(
+        False, "--robustness", help="Also score MNIST-C's 15 corruptions of the test set, raw and preprocessed."
+    ),
+    robustness_limit: int = typer.Option(
+        None, "--robustness-limit", help="Corrupt only the first N test images (quick looks; not the figure)."
+    ),
 ) -> None:
     """Evaluate a run's best checkpoint on the official test set: metrics.json, report.md and plots."""
     from digitlab.evaluate import evaluate_run
@@ -217,6 +223,10 @@ def evaluate(
     console.print(f"report: {Path(run) / test['report']}", highlight=False, soft_wrap=True)
     if realworld:
         _evaluate_realworld(run, test)
+    if robustness:
+        from digitlab.robustness import print_robustness
+
+        print_robustness(run, console, limit=robustness_limit)
 
 
 def _evaluate_realworld(run: Path, test: dict) -> None:

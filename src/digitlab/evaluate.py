@@ -354,6 +354,11 @@ def write_report(
         from digitlab.realworld import realworld_markdown
 
         lines += ["", realworld_markdown(metrics["realworld"]).rstrip()]
+    for key in ("robustness", "robustness_val"):  # likewise kept: `evaluate --robustness`, `evaluate_robustness`
+        if metrics.get(key):
+            from digitlab.robustness import robustness_markdown
+
+            lines += ["", robustness_markdown(metrics[key]).rstrip()]
 
     figures = [("curves", "Training curves"), ("confusion", "Confusion matrix"),
                ("errors", "Misclassified test images"), ("reliability", "Reliability diagram")]  # fmt: skip

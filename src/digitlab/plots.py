@@ -196,3 +196,37 @@ def plot_reliability(reliability_bins: Sequence[dict[str, Any]], out: Path, ece:
     ax_n.set_ylabel("images")
     ax_n.grid(alpha=0.3)
     return _save(fig, out)
+
+
+def plot_robustness(examples: dict[str, np.ndarray], rows: dict[str, dict[str, float]], out: Path,
+                    title: str = "Corruption robustness") -> Path:  # fmt: skip
+    """One digit under each corruption (top) and accuracy per corruption, raw 28x28 beside preprocessed (bottom).
+
+    `examples` maps "clean" and each corruption to a uint8 28x28 image; `rows` maps the same names, in the
+    order drawn, to their "accuracy" and "accuracy_preprocessed" (fractions; see `digitlab.robustness`).
+    """
+    names = list(rows)
+    fig = _new_figure(max(8.0, 0.85 * len(names)), 6.2)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 2.6])
+    axes = np.atleast_1d(top.subplots(1, len(names)))
+    for ax, name in zip(axes, names, strict=True):
+        image = examples.get(name)
+        if image is not None:
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(name.replace("_", "\n"), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])  # the frame stays: it shows where a white-edged image (stripe) ends
+    ax = bottom.subplots()
+    x = np.arange(len(names))
+    raw = [100 * rows[n]["accuracy"] for n in names]
+    prep = [100 * rows[n]["accuracy_preprocessed"] for n in names]
+    ax.bar(x - 0.2, raw, width=0.4, label="raw 28x28 (as MNIST-C)", color="tab:blue")
+    ax.bar(x + 0.2, prep, width=0.4, label="digitlab.preprocess + predictor (refusals count as wrong)",
+           color="tab:orange")  # fmt: skip
+    ax.set_xticks(x, [n.replace("_", " ") for n in names], rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=2, fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, out)
