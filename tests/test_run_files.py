@@ -6,6 +6,7 @@ import json
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -225,7 +226,13 @@ def test_serving_an_uncalibrated_run_is_never_ready(broken_runs):
 
     from digitlab.api import ApiSettings, create_app
 
-    with TestClient(create_app(ApiSettings(run=broken_runs["calibration-missing"]))) as client:
+    run = broken_runs["calibration-missing"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    res = run_cli("serve", run, "--port", port)  # fails fast at start-up, in one line
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "did not start" in res.stderr
+    with TestClient(create_app(ApiSettings(run=run, wait_for_model=True))) as client:
         deadline = time.monotonic() + 60
         while (r := client.get("/readyz")).status_code == 503 and "failed" not in r.json()["error"]["message"]:
             assert time.monotonic() < deadline, "the model neither loaded nor failed"
