@@ -1,7 +1,7 @@
-"""Build the model bundled inside the package (src/digitlab/pretrained/fast) from a `fast` run.
+"""Build the model bundled inside the package (src/digitlab/pretrained/fast) from a `robust` run.
 
-    python scripts/make_pretrained.py                      # train `digitlab train --preset fast --seed 0`, then bundle
-    python scripts/make_pretrained.py --run runs/fast-0    # bundle an existing run
+    python scripts/make_pretrained.py                      # train `digitlab train --preset robust --seed 0`, bundle
+    python scripts/make_pretrained.py --run runs/robust-0  # bundle an existing run
 
 The bundle is a slimmed run directory: config, metrics, calibration, history, report, plots, the best
 checkpoint (weights only) and both ONNX files — no resumable last.pt. `digitlab predict`, `read`, `serve`
@@ -26,14 +26,15 @@ KEEP = ["config.json", "metrics.json", "calibration.json", "history.csv", "repor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, help="an existing fast run (default: train one with --seed)")
+    parser.add_argument("--run", type=Path, help="an existing run (default: train one with --preset and --seed)")
+    parser.add_argument("--preset", default="robust")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     run = args.run
     if run is None:
-        run = Path("runs") / f"fast-{args.seed}"
-        train(get_preset("fast").override(seed=args.seed), run)
+        run = Path("runs") / f"{args.preset}-{args.seed}"
+        train(get_preset(args.preset).override(seed=args.seed), run)
     rd = RunDir(run).require()
     if not (rd.root / "model.int8.onnx").exists():
         export_onnx(rd, int8=True, full_test=True)
