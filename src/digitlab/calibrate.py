@@ -200,8 +200,10 @@ def fit_ood(
     ink_max = max(float(np.quantile(ink_fraction(im), INK_QUANTILE)) for _, im in digits.values() if len(im))
     candidates: dict[str, dict[str, Any]] = {}
     for kind in OOD_SCORES:
-        free = OodRule(kind, -math.inf, temperature, ink_max)
-        threshold = min(_keeping(free.digit_score(lg, im), target_tpr) for lg, im in digits.values() if len(lg))
+        # The threshold is set on the digits that pass the ink gate: those over it are refused whatever the
+        # threshold, and counting them (as a huge penalty) would drag it to where nothing is refused.
+        threshold = min(_keeping(logit_score(lg, kind, temperature)[ink_fraction(im) <= ink_max], target_tpr)
+                        for lg, im in digits.values() if len(lg))  # fmt: skip
         rule = OodRule(kind, threshold, temperature, ink_max)
         in_scores = rule.digit_score(val_logits, val_images)
         rejected = {k: float(np.mean(~rule.accepts(lg, im))) for k, (lg, im) in ood.items()}
