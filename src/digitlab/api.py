@@ -149,7 +149,7 @@ class ApiSettings(BaseModel):
     tta: bool | None = Field(
         False,
         description="Test-time augmentation (5 forward passes per image); None: as the run's config. Off by "
-        "default: the bundled model gains nothing measurable from it (digitlab.predict.TTA_EFFECT).",
+        "default: the bundled model gains nothing measurable from it (docs/serving.md).",
     )
 
     @field_validator("api_key")

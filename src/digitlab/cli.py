@@ -433,7 +433,7 @@ def runs_compare(runs: list[Path] = typer.Argument(..., help="Run directories to
 
 PREDICT_FORMATS = ("table", "json", "csv")
 BACKEND_HELP = "torch, onnx or onnx-int8 (the ONNX files come from `digitlab export`)."
-# Serving runs without test-time augmentation unless asked: see digitlab.predict.TTA_EFFECT.
+# Serving runs without test-time augmentation unless asked: it buys the bundled model nothing measurable.
 TTA_HELP = ("Test-time augmentation: the mean over the image and four 1-pixel shifts, 5x the model's time. Off by "
             "default: the bundled fast model scores 99.63% on MNIST test with it and without it.")  # fmt: skip
 UNCALIBRATED_HELP = ("Use a run that has no calibration.json (raw softmax confidences, no 'not a digit' check) "

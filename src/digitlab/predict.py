@@ -10,8 +10,8 @@ forward pass (with the run's test-time augmentation unless `tta` says otherwise)
 one-line message, not an exception.
 
 Test-time augmentation (TTA: the mean logits over the image and four 1-pixel shifts) runs the model five
-times. For the bundled `fast` model it buys nothing measurable (TTA_EFFECT): serving (`digitlab serve`,
-`predict`, `read`; the API's `tta` setting, $DIGITLAB_TTA) therefore runs without it unless asked (`--tta`),
+times. For the bundled model it buys nothing measurable (docs/serving.md; tests/test_pretrained.py): serving
+(`digitlab serve`, `predict`, `read`; the API's `tta` setting, $DIGITLAB_TTA) runs without it unless asked (`--tta`),
 while `Predictor.from_run` and `digitlab evaluate` follow the run's config.
 """
 
@@ -38,14 +38,6 @@ __all__ = ["BACKENDS", "Prediction", "Predictor", "ReadDigit", "ReadResult", "tt
 BACKENDS = ("torch", "onnx", "onnx-int8")
 ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 BATCH_SIZE = 256
-# What TTA buys the bundled `fast` model (src/digitlab/pretrained/fast), measured with its temperature and
-# "not a digit" rule (both fitted with TTA) unchanged: MNIST test with torch and with ONNX alike, the
-# validation split and the real-world sets (`digitlab.realworld`) with torch.
-TTA_EFFECT = (
-    "MNIST test 99.63% with TTA and 99.63% without (37 errors each; 0.17% / 0.18% refused as not a digit; "
-    "test ECE 0.15% / 0.14%); validation 99.68% / 99.65%; real-world canvas 99.50% / 99.50%, photo 99.10% / "
-    "99.20%, fonts 99.20% / 99.06%"
-)
 
 
 @dataclass(frozen=True)
@@ -189,7 +181,7 @@ class Predictor:
 
         `threads`: intra-op threads (ONNX Runtime: this session only; torch: the process-wide setting).
         `tta`: test-time augmentation, five forward passes per image; None follows the run's config. What it
-        buys the bundled `fast` model: see TTA_EFFECT (nothing measurable, for five times the model's cost).
+        buys the bundled model: nothing measurable (docs/serving.md), for five times the model's cost.
         """
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
