@@ -82,6 +82,9 @@ class RichReporter:
             self.task = None
         self.progress.stop()
 
+    def note(self, text: str) -> None:
+        console.print(text, highlight=False)
+
     def end_epoch(self, row: dict) -> None:
         self.close()
         val = ""
@@ -96,7 +99,7 @@ class RichReporter:
 
 @app.command()
 def train(
-    preset: str = typer.Option("seed", help="Named preset: seed (the reference model), fast or accurate."),
+    preset: str = typer.Option("seed", help="Named preset: seed (the reference model), fast, accurate or robust (the bundled model)."),
     out: Path = typer.Option(None, "--out", help="Run directory to create (default runs/<preset>-<seed>)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
     data: str = typer.Option(None, help="Dataset name (mnist, fashion-mnist) or path (IDX dir, CSV, folder)."),

@@ -43,6 +43,7 @@ from digitlab.data import Dataset, Split, load_dataset, stratified_split
 from digitlab.distributed import Dist, init_distributed, shutdown
 from digitlab.errors import ConfigError, RunDirError, StorageError
 from digitlab.evaluate import pick_device, predict_logits, to_tensor
+from digitlab.hardware import PrecisionChoice, choose_precision, cpu_info
 from digitlab.models import build_model, count_params
 from digitlab.noise_augment import corruption_augment
 from digitlab.rundir import RunDir, save_weights
@@ -57,6 +58,7 @@ class Reporter(Protocol):
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
     def step(self, loss: float, accuracy: float, lr: float) -> None: ...
     def end_epoch(self, row: dict[str, Any]) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 @dataclass
@@ -66,17 +68,18 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def precision_choice(precision: str, device: torch.device) -> PrecisionChoice:
+    """What `precision` ("fp32" | "auto") means on `device`, and why (printed by the CLI, kept in metrics.json)."""
+    if precision not in ("fp32", "auto"):
+        raise ConfigError(f"unknown precision {precision!r}; choose fp32 or auto")
+    bf16 = device.type == "cpu" and precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return choose_precision(precision, device.type, cpu_info(), bf16)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision`, or None for plain fp32."""
-    if precision == "fp32":
-        return None
-    if precision != "auto":
-        raise ConfigError(f"unknown precision {precision!r}; choose fp32 or auto")
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16  # native bf16 (AVX512-BF16/AMX): ~1.5x faster convs; emulated bf16 would be slower
-    return None
+    dtype = precision_choice(precision, device).dtype
+    return None if dtype is None else getattr(torch, dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -264,6 +267,8 @@ def _fit(
     opt = make_optimizer(model, config)
     sched = make_scheduler(opt, config, steps_per_epoch)
     amp_dtype = autocast_dtype(config.precision, device)
+    if reporter:
+        reporter.note(f"{cpu_info().describe()}; {precision_choice(config.precision, device).line()}")
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * dd.rank)  # shuffling + augmentation
     if dd.enabled:
@@ -425,6 +430,8 @@ def finish_run(
         "val": val,
         "torch": torch.__version__,
         "device": device_description(device),
+        "cpu": cpu_info().describe(),
+        "precision": precision_choice(config.precision, device).line(),
         "threads": torch.get_num_threads(),
     }
     if len(val_split):

@@ -1,0 +1,69 @@
+"""What the CPU can do (model name, vector ISA) and the training precision chosen from it, with the reason."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide CPU training speed
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    flags: frozenset[str]
+
+    @property
+    def isa(self) -> str:
+        """The vector ISA in one phrase, e.g. 'AVX-512 + bf16' or 'AVX2/FMA (fp32 only)'."""
+        if "amx_bf16" in self.flags:
+            return "AMX-bf16"
+        if "avx512_bf16" in self.flags:
+            return "AVX-512 + bf16"
+        if "avx512f" in self.flags:
+            return "AVX-512 (no bf16)"
+        if "avx2" in self.flags:
+            return "AVX2/FMA (fp32 only)" if "fma" in self.flags else "AVX2 (fp32 only)"
+        return "no AVX2"
+
+    def describe(self) -> str:
+        return f"{self.model} ({self.isa})"
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
+    """The CPU's model name and ISA flags from /proc/cpuinfo (Linux); elsewhere the platform's name, no flags."""
+    model, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = frozenset(value.split()) & frozenset(ISA_FLAGS)
+                break
+    except OSError:
+        pass
+    return CpuInfo(model, flags)
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    dtype: str | None  # "bfloat16", "float16", or None for plain fp32
+    reason: str
+
+    def line(self) -> str:
+        return f"precision: {self.dtype or 'fp32'} ({self.reason})"
+
+
+def choose_precision(precision: str, device_type: str, cpu: CpuInfo, bf16_supported: bool) -> PrecisionChoice:
+    """`precision` "fp32" or "auto" -> what training runs in, and why. Pure: the caller supplies the facts."""
+    if precision == "fp32":
+        return PrecisionChoice(None, "asked for fp32")
+    if device_type == "cuda":
+        return PrecisionChoice("float16", "CUDA: fp16 autocast with a gradient scaler")
+    if device_type == "cpu" and bf16_supported:
+        return PrecisionChoice("bfloat16", f"this CPU has native bf16: {cpu.isa}")
+    if device_type == "cpu":
+        return PrecisionChoice(None, f"fp32: this CPU has no native bf16 ({cpu.isa}); emulated bf16 would be slower")
+    return PrecisionChoice(None, f"fp32 on {device_type}")

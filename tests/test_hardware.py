@@ -1,0 +1,33 @@
+"""The training precision is chosen from the CPU's features, and the reason is said: tested with faked CPUs."""
+
+from digitlab.hardware import CpuInfo, choose_precision, cpu_info
+
+EPYC_FP32 = CpuInfo("AMD EPYC 7B13", frozenset({"avx2", "fma"}))
+EPYC_BF16 = CpuInfo("AMD EPYC 9B14", frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}))
+XEON_AMX = CpuInfo("Intel Xeon Platinum 8481C", frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}))
+
+
+def test_auto_takes_bf16_only_where_the_cpu_has_it():
+    assert choose_precision("auto", "cpu", EPYC_BF16, bf16_supported=True).dtype == "bfloat16"
+    assert choose_precision("auto", "cpu", XEON_AMX, bf16_supported=True).reason == "this CPU has native bf16: AMX-bf16"
+    fp32 = choose_precision("auto", "cpu", EPYC_FP32, bf16_supported=False)
+    assert fp32.dtype is None and fp32.line().startswith("precision: fp32 (fp32: this CPU has no native bf16")
+    assert "AVX2/FMA (fp32 only)" in fp32.reason
+
+
+def test_fp32_and_cuda_are_what_they_say():
+    assert choose_precision("fp32", "cpu", XEON_AMX, bf16_supported=True).dtype is None
+    assert choose_precision("auto", "cuda", EPYC_FP32, bf16_supported=False).dtype == "float16"
+
+
+def test_isa_names():
+    assert CpuInfo("x", frozenset({"avx512f"})).isa == "AVX-512 (no bf16)"
+    assert CpuInfo("x", frozenset()).isa == "no AVX2"
+
+
+def test_cpu_info_reads_proc_cpuinfo(tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx2 fma bmi2\n\n")
+    info = cpu_info(fake)
+    assert info.model == "AMD EPYC 7B13" and info.flags == {"avx2", "fma"}
+    assert cpu_info(tmp_path / "missing").flags == frozenset()
