@@ -99,7 +99,7 @@ class RichReporter:
 
 @app.command()
 def train(
-    preset: str = typer.Option("seed", help="Named preset: seed (the reference model), fast, accurate or robust (the bundled model)."),
+    preset: str = typer.Option("seed", help="Named preset: seed (the reference), fast, accurate or robust (bundled)."),
     out: Path = typer.Option(None, "--out", help="Run directory to create (default runs/<preset>-<seed>)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
     data: str = typer.Option(None, help="Dataset name (mnist, fashion-mnist) or path (IDX dir, CSV, folder)."),
