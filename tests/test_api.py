@@ -637,7 +637,7 @@ def test_serve_end_to_end_and_graceful_shutdown(run, tmp_path, digit_png):
     env = {**{k: v for k, v in os.environ.items() if k != API_KEY_ENV}, "OMP_NUM_THREADS": "1"}  # no key
     cpu = max(os.sched_getaffinity(0))  # --cpus: the server (and its workers) run on this core only
     with log_path.open("w") as log_file:
-        # the options issue #4 names, spelled as it spells them: --host, --port, --workers, --backend
+        # every serving option a deployment sets: --host, --port, --workers, --backend
         proc = subprocess.Popen([sys.executable, "-m", "digitlab.cli", "serve", str(run), "--host", "127.0.0.1",
                                  "--port", str(port), "--workers", "1", "--backend", "onnx", "--cpus", str(cpu)],
                                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log_file)  # fmt: skip
