@@ -171,10 +171,11 @@ def test_parquet_that_cannot_be_written_keeps_its_journal(predictor, scans, tmp_
     assert sorted(os.listdir(tmp_path)) == ["r.parquet"]
 
 
+@pytest.mark.parametrize("command", ["predict", "read"])
 @pytest.mark.parametrize("fmt", ["json", "table"])
-def test_stdout_to_a_full_disk_is_one_line(tiny_run, scans, fmt):
+def test_stdout_to_a_full_disk_is_one_line(tiny_run, scans, fmt, command):
     with open("/dev/full", "w") as full:
-        r = _cli_limited(None, "predict", tiny_run, scans / "00.png", "--format", fmt, stdout=full)
+        r = _cli_limited(None, command, tiny_run, scans / "00.png", "--format", fmt, stdout=full)
     _one_line_error(r, "cannot write the output to stdout: No space left on device")
 
 

@@ -664,10 +664,6 @@ def read(
     uncalibrated: bool = typer.Option(False, "--allow-uncalibrated", help=UNCALIBRATED_HELP),
 ) -> None:
     """Read a number written on one line: the digits left to right, each with its confidence and box."""
-    import json
-
-    from rich.table import Table
-
     from digitlab.predict import Predictor
 
     _check_format(fmt, ("table", "json"))
@@ -675,8 +671,20 @@ def read(
     if len(images) != 1:
         raise typer.BadParameter(f"give exactly one IMAGE, not {len(images)}", param_hint="IMAGE")
     result = Predictor.from_run(run, backend=backend, tta=tta, allow_uncalibrated=uncalibrated).read(images[0])
+    with _stdout_errors():
+        _print_read(result, images[0], fmt)
+    if result.status == "error":
+        err_console.print(f"[bold red]error:[/] {result.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _print_read(result: Any, image: str, fmt: str) -> None:
+    import json
+
+    from rich.table import Table
+
     if fmt == "json":
-        sys.stdout.write(json.dumps({"file": images[0], **result.to_dict()}) + "\n")
+        sys.stdout.write(json.dumps({"file": image, **result.to_dict()}) + "\n")
     else:
         colour = {"ok": "green", "empty": "yellow", "error": "red"}[result.status]
         console.print(f"[bold {colour}]{result.text or '—'}[/]  ({result.message or result.status})",
@@ -690,9 +698,6 @@ def read(
                               f"{d.confidence:.1%}" if d.digit is not None else "—",
                               ", ".join(map(str, d.box)), d.status)  # fmt: skip
             console.print(table)
-    if result.status == "error":
-        err_console.print(f"[bold red]error:[/] {result.message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
 
 
 @app.command()
