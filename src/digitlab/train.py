@@ -43,7 +43,7 @@ from digitlab.data import Dataset, Split, load_dataset, stratified_split
 from digitlab.distributed import Dist, init_distributed, shutdown
 from digitlab.errors import ConfigError, RunDirError, StorageError
 from digitlab.evaluate import pick_device, predict_logits, to_tensor
-from digitlab.hardware import PrecisionChoice, choose_precision, cpu_info
+from digitlab.hardware import CpuInfo, PrecisionChoice, choose_precision, cpu_info
 from digitlab.models import build_model, count_params
 from digitlab.noise_augment import corruption_augment
 from digitlab.rundir import RunDir, save_weights
@@ -68,18 +68,12 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def precision_choice(precision: str, device: torch.device) -> PrecisionChoice:
+def precision_choice(precision: str, device: torch.device, cpu: CpuInfo) -> PrecisionChoice:
     """What `precision` ("fp32" | "auto") means on `device`, and why (printed by the CLI, kept in metrics.json)."""
     if precision not in ("fp32", "auto"):
         raise ConfigError(f"unknown precision {precision!r}; choose fp32 or auto")
     bf16 = device.type == "cpu" and precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return choose_precision(precision, device.type, cpu_info(), bf16)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision`, or None for plain fp32."""
-    dtype = precision_choice(precision, device).dtype
-    return None if dtype is None else getattr(torch, dtype)
+    return choose_precision(precision, device.type, cpu, bf16)
 
 
 def seed_everything(seed: int) -> None:
@@ -266,9 +260,12 @@ def _fit(
     ema = AveragedModel(model, avg_fn=ema_update(config.ema), use_buffers=True) if config.ema else None
     opt = make_optimizer(model, config)
     sched = make_scheduler(opt, config, steps_per_epoch)
-    amp_dtype = autocast_dtype(config.precision, device)
+    cpu = cpu_info()
+    precision = precision_choice(config.precision, device, cpu)
+    amp_dtype = None if precision.dtype is None else getattr(torch, precision.dtype)
+    hardware = {"cpu": cpu.describe(), "precision": precision.line()}  # said once, kept in metrics.json
     if reporter:
-        reporter.note(f"{cpu_info().describe()}; {precision_choice(config.precision, device).line()}")
+        reporter.note("; ".join(hardware.values()))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * dd.rank)  # shuffling + augmentation
     if dd.enabled:
@@ -389,7 +386,7 @@ def _fit(
             if not rd.best.exists():  # validated only at the end and never improved: keep the final weights
                 save_weights(rd.best, final, config, epoch=state.epoch)
             metrics = finish_run(rd, config, final, val_split, state, device, evaluate_test, distributed, raw,
-                                 check=lambda: stop.check(str(rd.root)))  # fmt: skip
+                                 check=lambda: stop.check(str(rd.root)), hardware=hardware)  # fmt: skip
     finally:
         dd.barrier()  # releases the other ranks (see above), also when this one stopped or failed
     return TrainResult(rd, metrics, read_history(rd.history))
@@ -406,6 +403,7 @@ def finish_run(
     distributed: dict | None = None,
     raw: nn.Module | None = None,
     check: Callable[[], None] = lambda: None,
+    hardware: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json for the best checkpoint (validation figures), then the test evaluation and report.
 
@@ -430,8 +428,7 @@ def finish_run(
         "val": val,
         "torch": torch.__version__,
         "device": device_description(device),
-        "cpu": cpu_info().describe(),
-        "precision": precision_choice(config.precision, device).line(),
+        **(hardware or {}),  # the CPU and the precision training took (see `precision_choice`)
         "threads": torch.get_num_threads(),
     }
     if len(val_split):
