@@ -285,24 +285,37 @@ def _params(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows], np.float32) for k in rows[0]} if rows else {}
 
 
+Draw = Callable[[np.ndarray, np.random.Generator, int], tuple[Source, str, dict[str, float]]]
+
+
+def digit_set(name: str, split: Split, n: int, seed: int, draw: Draw) -> RealWorldSet:
+    """`n` digits of `split` (a seeded, class-balanced pick), each re-made by `draw(image, rng, i)` ->
+    (source, kind, params) with its own generator `_rng(seed, i)`: the loop every MNIST-derived set shares."""
+    idx = _pick(split, n, seed)
+    images, kinds, rows = [], [], []
+    for i, j in enumerate(idx):
+        data, kind, p = draw(split.images[j], _rng(seed, i), i)
+        images.append(data)
+        kinds.append(kind)
+        rows.append(p)
+    return RealWorldSet(name, images, split.labels[idx].astype(np.int64), np.array(kinds),
+                        np.array([f"mnist-test:{j}" for j in idx]), _params(rows))  # fmt: skip
+
+
 def canvas_set(split: Split, n: int = 2000, seed: int = 0, pen: tuple[float, float] = (12, 28)) -> RealWorldSet:
     """`n` MNIST test digits re-drawn as 280x280 browser-canvas exports (see the module docstring).
 
     `pen`: the range of pen widths in px (the stored set's 12-28; wider for a fat-marker stress set).
     """
-    idx = _pick(split, n, seed)
-    images, kinds, rows = [], [], []
-    for i, j in enumerate(idx):
-        rng = _rng(seed, i)
+
+    def draw(image: np.ndarray, rng: np.random.Generator, i: int) -> tuple[Source, str, dict[str, float]]:
         p = {"height": rng.uniform(120, 250), "aspect": rng.uniform(0.9, 1.1), "angle": rng.uniform(-15, 15),
              "pen": rng.uniform(*pen)}  # fmt: skip
         mode = CANVAS_MODES[i % len(CANVAS_MODES)]
-        cov = _restroke(split.images[j], p["height"], p["aspect"], p["angle"], p["pen"])
-        images.append(_export(_place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode))
-        kinds.append(mode)
-        rows.append(p)
-    return RealWorldSet("canvas", images, split.labels[idx].astype(np.int64), np.array(kinds),
-                        np.array([f"mnist-test:{j}" for j in idx]), _params(rows))  # fmt: skip
+        cov = _restroke(image, p["height"], p["aspect"], p["angle"], p["pen"])
+        return _export(_place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode), mode, p
+
+    return digit_set("canvas", split, n, seed, draw)
 
 
 def _jpeg(a: np.ndarray, quality: int) -> bytes:
@@ -343,15 +356,7 @@ def _photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str, dic
 
 def photo_set(split: Split, n: int = 1000, seed: int = 1) -> RealWorldSet:
     """`n` MNIST test digits in dark ink on paper, photographed: JPEG bytes (see the module docstring)."""
-    idx = _pick(split, n, seed)
-    images, kinds, rows = [], [], []
-    for i, j in enumerate(idx):
-        data, kind, p = _photo(split.images[j], _rng(seed, i))
-        images.append(data)
-        kinds.append(kind)
-        rows.append(p)
-    return RealWorldSet("photo", images, split.labels[idx].astype(np.int64), np.array(kinds),
-                        np.array([f"mnist-test:{j}" for j in idx]), _params(rows))  # fmt: skip
+    return digit_set("photo", split, n, seed, lambda image, rng, _: _photo(image, rng))
 
 
 # --------------------------------------------------------------------------------------------- fonts

@@ -28,6 +28,7 @@ from digitlab.realworld import (
     CANVAS_MODES,
     CANVAS_SIDE,
     RealWorldSet,
+    Source,
     _export,
     _font_digits,
     _params,
@@ -35,6 +36,7 @@ from digitlab.realworld import (
     _place,
     _restroke,
     _rng,
+    digit_set,
 )
 
 __all__ = ["lowres_set", "page_set", "pen_set", "relabel"]
@@ -103,15 +105,7 @@ def _lowres(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str, di
 
 def lowres_set(split: Split, n: int = 1000, seed: int = 10) -> RealWorldSet:
     """`n` digits of `split` as low-resolution scans shown enlarged (see the module docstring): encoded bytes."""
-    idx = _pick(split, n, seed)
-    images, kinds, rows = [], [], []
-    for i, j in enumerate(idx):
-        data, kind, p = _lowres(split.images[j], _rng(seed, i))
-        images.append(data)
-        kinds.append(kind)
-        rows.append(p)
-    return RealWorldSet("lowres", images, split.labels[idx].astype(np.int64), np.array(kinds),
-                        np.array([f"mnist-test:{j}" for j in idx]), _params(rows))  # fmt: skip
+    return digit_set("lowres", split, n, seed, lambda image, rng, _: _lowres(image, rng))
 
 
 def _glyphs(fonts: Sequence[tuple[str, Path, str]]) -> list[tuple[str, list[np.ndarray]]]:
@@ -155,18 +149,14 @@ def pen_set(split: Split, n: int = 1000, seed: int = 11, fonts: Sequence[tuple[s
 
 def page_set(split: Split, n: int = 500, seed: int = 12) -> RealWorldSet:
     """`n` digits of `split`, each small on a big page (see the module docstring); kinds "page/<mode>"."""
-    idx = _pick(split, n, seed)
-    images, kinds, rows = [], [], []
-    for i, j in enumerate(idx):
-        rng = _rng(seed, i)
+
+    def draw(image: np.ndarray, rng: np.random.Generator, i: int) -> tuple[Source, str, dict[str, float]]:
         w, h = (int(v) for v in rng.integers(PAGE_SIDE[0], PAGE_SIDE[1] + 1, size=2))
         p = {"height": rng.uniform(*PAGE_DIGIT) * min(w, h), "aspect": rng.uniform(0.9, 1.1),
              "angle": rng.uniform(-10, 10)}  # fmt: skip
         p["pen"] = max(1.5, p["height"] * rng.uniform(0.08, 0.16))
         mode = CANVAS_MODES[i % len(CANVAS_MODES)]
-        cov = _restroke(split.images[j], p["height"], p["aspect"], p["angle"], p["pen"])
-        images.append(_export(_place(cov, (h, w), rng), mode))
-        kinds.append(f"page/{mode}")
-        rows.append(p)
-    return RealWorldSet("page", images, split.labels[idx].astype(np.int64), np.array(kinds),
-                        np.array([f"mnist-test:{j}" for j in idx]), _params(rows))  # fmt: skip
+        cov = _restroke(image, p["height"], p["aspect"], p["angle"], p["pen"])
+        return _export(_place(cov, (h, w), rng), mode), f"page/{mode}", p
+
+    return digit_set("page", split, n, seed, draw)
