@@ -39,3 +39,18 @@ def tiny_run(tmp_path_factory, mnist):
                                          model_args={"widths": [8, 16, 32]})  # fmt: skip
     train(config, out, dataset=mnist)
     return out
+
+
+@pytest.fixture(scope="session")
+def onnx_run(tiny_run, tmp_path_factory):
+    """A copy of `tiny_run` with model.onnx (the server's default backend when it is there), exported once.
+
+    Read-only, like `tiny_run`: copy it before changing anything.
+    """
+    import shutil
+
+    from digitlab.export import export_onnx
+
+    out = shutil.copytree(tiny_run, tmp_path_factory.mktemp("onnx") / "run")
+    export_onnx(out)
+    return out

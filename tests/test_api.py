@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -43,18 +42,15 @@ from digitlab.api import (
     example_png,
 )
 from digitlab.errors import ConfigError, RunDirError
-from digitlab.export import export_onnx
 from digitlab.predict import Predictor
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run, tmp_path_factory) -> Path:
-    """A copy of the tiny run with model.onnx (the server's default backend when it is there)."""
-    out = shutil.copytree(tiny_run, tmp_path_factory.mktemp("api") / "run")
-    export_onnx(out)
-    return out
+def run(onnx_run) -> Path:
+    """The shared tiny run with model.onnx (conftest.onnx_run)."""
+    return onnx_run
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import socket
 import threading
 import time
@@ -23,17 +22,15 @@ from digitlab.api_limits import SMALL_BYTES, DecodeMemory, image_head
 from digitlab.api_protocol import ProtocolLimits
 from digitlab.api_server import DrainingServer, server_config
 from digitlab.errors import ConfigError, ImageError, RunDirError
-from digitlab.export import export_onnx
 from digitlab.predict import Predictor
 from digitlab.preprocess import load_image
 from test_api import check_error, free_port, png_header, serving, to_png, wait_ready
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run, tmp_path_factory) -> Path:
-    out = shutil.copytree(tiny_run, tmp_path_factory.mktemp("api_limits") / "run")
-    export_onnx(out)
-    return out
+def run(onnx_run) -> Path:
+    """The shared tiny run with model.onnx (conftest.onnx_run)."""
+    return onnx_run
 
 
 @pytest.fixture(scope="module")

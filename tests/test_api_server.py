@@ -20,15 +20,13 @@ import pytest
 
 from conftest import REPO
 from digitlab.api import API_KEY_ENV
-from digitlab.export import export_onnx
 from test_api import free_port, to_png
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run, tmp_path_factory) -> Path:
-    out = shutil.copytree(tiny_run, tmp_path_factory.mktemp("api_server") / "run")
-    export_onnx(out)
-    return out
+def run(onnx_run) -> Path:
+    """The shared tiny run with model.onnx (conftest.onnx_run)."""
+    return onnx_run
 
 
 @pytest.fixture(scope="module")
