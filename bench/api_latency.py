@@ -58,7 +58,7 @@ def mnist_png() -> bytes:
     """The first official MNIST test digit as a 28x28 greyscale PNG (already MNIST format: not re-framed)."""
     from PIL import Image
 
-    from digitlab.data import load_dataset
+    from digitlab.data.datasets import load_dataset
 
     buf = io.BytesIO()
     Image.fromarray(load_dataset("mnist").test.images[0]).save(buf, "PNG")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from digitlab import app
+from digitlab.serving import demo as app
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]  # fmt: skip
@@ -45,8 +45,8 @@ def ms(samples: list[float]) -> str:
 
 
 def server(run: Path, repeat: int) -> list[float]:
-    from digitlab.predict import Predictor
-    from digitlab.rundir import load_model
+    from digitlab.core.rundir import load_model
+    from digitlab.inference.predict import Predictor
 
     predictor, model, png = Predictor.from_run(run), load_model(run), canvas_png()
     out = []

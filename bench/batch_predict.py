@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from digitlab.batch import default_workers, predict_files
-from digitlab.data import load_dataset
+from digitlab.data.datasets import load_dataset
+from digitlab.inference.batch import default_workers, predict_files
 
 
 def decode_only(path: str) -> tuple[str, np.ndarray | None, str | None]:
-    """Decode and squash to 28x28 greyscale: the pipeline's own cost, without `digitlab.preprocess`."""
+    """Decode and squash to 28x28 greyscale: the pipeline's own cost, without `digitlab.data.preprocess`."""
     with Image.open(path) as im:
         im = im.convert("L")
         if im.size != (28, 28):
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    from digitlab.predict import Predictor  # imports torch: not at the top, which spawned workers re-import
+    from digitlab.inference.predict import Predictor  # imports torch: not at the top, which spawned workers re-import
 
     workers = default_workers() if args.workers is None else args.workers
     with tempfile.TemporaryDirectory(prefix="digitlab-bench-") as tmp:

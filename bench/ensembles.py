@@ -19,7 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from digitlab.ensemble import make_ensemble, select_members
+from digitlab.training.ensemble import make_ensemble, select_members
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from digitlab.cli import parse_sets
-from digitlab.config import TrainConfig, get_preset
-from digitlab.train import train
+from digitlab.core.config import TrainConfig, get_preset
+from digitlab.training.loop import train
 
 
 def finished(run: Path, config: TrainConfig) -> dict | None:

@@ -6,7 +6,7 @@ Targets (real-world input issue): single image p50 <= 0.5 ms with onnxruntime on
 >= 5,000 images/s on 2 cores. RUN defaults to the bundled model and needs model.onnx / model.int8.onnx
 (`digitlab export RUN --format onnx --int8`).
 
-- `preprocess_ms`: `digitlab.preprocess` alone, 1 thread: a 28x28 MNIST test digit as PNG bytes through the
+- `preprocess_ms`: `digitlab.data.preprocess` alone, 1 thread: a 28x28 MNIST test digit as PNG bytes through the
   fast path (already MNIST format: not re-framed) and through the general path (`fast=False`), and a 280x280
   canvas PNG (always the general path).
 - Per backend and TTA mode ("tta_off": one forward pass per image, what serving does by default; "tta_on":
@@ -35,9 +35,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import digitlab
-from digitlab.data import load_dataset
-from digitlab.predict import BACKENDS, Predictor
-from digitlab.preprocess import preprocess
+from digitlab.data.datasets import load_dataset
+from digitlab.data.preprocess import preprocess
+from digitlab.inference.predict import BACKENDS, Predictor
 
 TARGET_SINGLE_P50_MS, TARGET_BATCH_PER_S = 0.5, 5000.0
 

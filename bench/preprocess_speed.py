@@ -1,4 +1,4 @@
-"""Time `digitlab.preprocess.preprocess` per input type, and check its outputs against a saved reference.
+"""Time `digitlab.data.preprocess.preprocess` per input type, and check its outputs against a saved reference.
 
     OMP_NUM_THREADS=1 python bench/preprocess_speed.py --save-ref /tmp/preprocess_ref.npz   # before a change
     OMP_NUM_THREADS=1 python bench/preprocess_speed.py --compare /tmp/preprocess_ref.npz    # after it
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from digitlab.preprocess import preprocess
+from digitlab.data.preprocess import preprocess
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -33,7 +33,7 @@ def _png(a: np.ndarray) -> bytes:
 
 
 def _mnist_test(n: int) -> np.ndarray:
-    from digitlab.data import load_dataset
+    from digitlab.data.datasets import load_dataset
 
     test = load_dataset("mnist").test
     assert test is not None
@@ -91,7 +91,7 @@ def timing(calls: int) -> dict[str, dict[str, float]]:
 
 
 def reference_inputs(n: int) -> dict[str, list]:
-    from digitlab.realworld import load_realworld
+    from digitlab.data.realworld import load_realworld
 
     sets = {name: list(load_realworld(name).images[:n]) for name in ("canvas", "photo", "fonts")}
     sets["mnist_png"] = [_png(a) for a in _mnist_test(n)]

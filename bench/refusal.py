@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import digitlab
-    from digitlab.calibrate import ood_images
-    from digitlab.data import load_dataset
-    from digitlab.predict import Predictor
-    from digitlab.realworld import load_realworld
+    from digitlab.data.datasets import load_dataset
+    from digitlab.data.realworld import load_realworld
+    from digitlab.evaluation.calibrate import ood_images
+    from digitlab.inference.predict import Predictor
 
     run = args.run or Path(digitlab.__file__).parent / "pretrained" / "fast"
     predictor = Predictor.from_run(run, tta=False, threads=1)

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from digitlab.cli import parse_sets
-from digitlab.config import get_preset
-from digitlab.corruptions import CORRUPTIONS, corrupt
-from digitlab.data import load_dataset
-from digitlab.evaluate import predict_logits
-from digitlab.rundir import RunDir, load_model
-from digitlab.train import split_data, train
+from digitlab.core.config import get_preset
+from digitlab.core.rundir import RunDir, load_model
+from digitlab.data.corruptions import CORRUPTIONS, corrupt
+from digitlab.data.datasets import load_dataset
+from digitlab.evaluation.evaluate import predict_logits
+from digitlab.training.loop import split_data, train
 
 VAL_SEED = 1  # the validation-derived suite's seed; the reported (test-derived) suite uses its own
 

@@ -5,9 +5,9 @@
     python bench/robustness.py runs/x --split val --name x-val       # the run's validation split: choose recipes
 
 Writes bench/results/robustness-<name>.json: the CPU (lscpu model name; avx2, avx512f, amx flags), the time each
-corruption takes on its own, and `digitlab.robustness.evaluate_robustness`'s result (also in RUN/metrics.json,
-RUN/report.md and RUN/plots/). Targets for a robust recipe, on the test suite: mean over the corruptions >= 97%,
-none below 90%, clean accuracy >= 99.6% (choose recipes on `--split val`, never on the test suite).
+corruption takes on its own, and `digitlab.evaluation.robustness.evaluate_robustness`'s result (also in
+RUN/metrics.json, RUN/report.md and RUN/plots/). Targets for a robust recipe, on the test suite: mean over the
+corruptions >= 97%, none below 90%, clean accuracy >= 99.6% (choose recipes on `--split val`, never on the test suite).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from digitlab.corruptions import CORRUPTIONS, corrupt
-from digitlab.robustness import SUITE_SEEDS, evaluate_robustness, suite_split
+from digitlab.data.corruptions import CORRUPTIONS, corrupt
+from digitlab.evaluation.robustness import SUITE_SEEDS, evaluate_robustness, suite_split
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"mean_accuracy": 0.97, "min_accuracy": 0.90, "clean_accuracy": 0.996}

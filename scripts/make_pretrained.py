@@ -14,10 +14,10 @@ import argparse
 import shutil
 from pathlib import Path
 
-from digitlab.config import get_preset
-from digitlab.export import export_onnx
-from digitlab.rundir import RunDir
-from digitlab.train import train
+from digitlab.core.config import get_preset
+from digitlab.core.rundir import RunDir
+from digitlab.inference.export import export_onnx
+from digitlab.training.loop import train
 
 BUNDLE = Path(__file__).resolve().parents[1] / "src" / "digitlab" / "pretrained" / "fast"
 KEEP = ["config.json", "metrics.json", "calibration.json", "history.csv", "report.md", "model.onnx",

@@ -20,7 +20,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
 
 @pytest.fixture(scope="session")
 def mnist():
-    from digitlab.data import load_dataset
+    from digitlab.data.datasets import load_dataset
 
     return load_dataset("mnist")
 
@@ -31,8 +31,8 @@ def tiny_run(tmp_path_factory, mnist):
 
     Shared by every test that needs a run: treat it as read-only (copy it before changing anything).
     """
-    from digitlab.config import get_preset
-    from digitlab.train import train
+    from digitlab.core.config import get_preset
+    from digitlab.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     config = get_preset("fast").override(limit=1000, epochs=2, batch_size=64, test_limit=300,
@@ -49,7 +49,7 @@ def onnx_run(tiny_run, tmp_path_factory):
     """
     import shutil
 
-    from digitlab.export import export_onnx
+    from digitlab.inference.export import export_onnx
 
     out = shutil.copytree(tiny_run, tmp_path_factory.mktemp("onnx") / "run")
     export_onnx(out)

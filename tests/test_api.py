@@ -30,7 +30,9 @@ from PIL import Image
 from schemathesis import GenerationMode
 
 from conftest import REPO
-from digitlab.api import (
+from digitlab.core.errors import ConfigError, RunDirError
+from digitlab.inference.predict import Predictor
+from digitlab.serving.api import (
     API_KEY_ENV,
     MODEL_FILES,
     SETTINGS_ENV,
@@ -41,8 +43,6 @@ from digitlab.api import (
     create_app,
     example_png,
 )
-from digitlab.errors import ConfigError, RunDirError
-from digitlab.predict import Predictor
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
@@ -176,7 +176,7 @@ def test_serving_an_onnx_run_never_imports_torch(run, digit_png, tmp_path):
     code = f"""if True:
         import sys
         from fastapi.testclient import TestClient
-        from digitlab.api import ApiSettings, create_app
+        from digitlab.serving.api import ApiSettings, create_app
         app = create_app(ApiSettings(run={str(run)!r}, backend="onnx", tta=True))
         with TestClient(app) as client:
             while client.get("/readyz").status_code != 200:
@@ -494,15 +494,15 @@ def test_settings_travel_through_the_environment(run, tmp_path):
         ApiSettings(run=tmp_path / "missing").check()
     with pytest.raises(RunDirError, match="model.int8.onnx"):
         ApiSettings(run=run, backend="onnx-int8").check()
-    from digitlab.predict import ONNX_FILES
-    from digitlab.rundir import RunDir
+    from digitlab.core.rundir import RunDir
+    from digitlab.inference.predict import ONNX_FILES
 
     assert {"torch": str(RunDir(Path()).best), **ONNX_FILES} == MODEL_FILES  # the API's copy (it avoids torch)
 
 
 def test_cpu_lists_read_as_taskset_writes_them():
-    from digitlab.cli import parse_cpus
-    from digitlab.errors import ConfigError
+    from digitlab.cli.base import parse_cpus
+    from digitlab.core.errors import ConfigError
 
     assert parse_cpus("1") == {1} and parse_cpus("0,2-3") == {0, 2, 3} and parse_cpus(" 4 , 4-5") == {4, 5}
     for bad in ("", "a", "1-b", "-1", "3-1"):
@@ -515,7 +515,7 @@ def test_serve_cli_refuses_before_starting(run, tmp_path):
     from typer.testing import CliRunner
 
     from digitlab.cli import app
-    from digitlab.errors import ConfigError, DigitlabError
+    from digitlab.core.errors import ConfigError, DigitlabError
 
     with socket.socket() as busy:  # a port something already listens on
         busy.bind(("127.0.0.1", 0))

@@ -17,13 +17,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from digitlab.api import API_KEY_ENV, SETTINGS_ENV, ApiSettings, create_app
-from digitlab.api_limits import SMALL_BYTES, DecodeMemory, image_head
-from digitlab.api_protocol import ProtocolLimits
-from digitlab.api_server import DrainingServer, server_config
-from digitlab.errors import ConfigError, ImageError, RunDirError
-from digitlab.predict import Predictor
-from digitlab.preprocess import load_image
+from digitlab.core.errors import ConfigError, ImageError, RunDirError
+from digitlab.data.preprocess import load_image
+from digitlab.inference.predict import Predictor
+from digitlab.serving.api import API_KEY_ENV, SETTINGS_ENV, ApiSettings, create_app
+from digitlab.serving.limits import SMALL_BYTES, DecodeMemory, image_head
+from digitlab.serving.protocol import ProtocolLimits
+from digitlab.serving.server import DrainingServer, server_config
 from test_api import check_error, free_port, png_header, serving, to_png, wait_ready
 
 
@@ -224,8 +224,8 @@ def test_decoding_memory_is_a_weighted_semaphore():
 WORST_CASE = """
 import io, json, resource, sys, threading, time
 from fastapi.testclient import TestClient
-from digitlab.api import ApiSettings, create_app
-from digitlab.predict import Predictor
+from digitlab.serving.api import ApiSettings, create_app
+from digitlab.inference.predict import Predictor
 from test_api_limits import big_png
 run = sys.argv[1]
 predictor = Predictor.from_run(run, backend="onnx", threads=1)

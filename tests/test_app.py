@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 import digitlab
 from conftest import REPO, run_cli
-from digitlab import app
+from digitlab.serving import demo as app
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots and timings (git-ignored)
@@ -133,7 +133,7 @@ def test_drawing_to_gray_renders_fabric_paths_where_the_canvas_shows_them():
 def test_integrated_gradients_and_overlay(tiny_run, mnist):
     import torch
 
-    from digitlab.rundir import load_model
+    from digitlab.core.rundir import load_model
 
     model = load_model(tiny_run)
     image = mnist.test.images[0]
@@ -154,7 +154,7 @@ def test_integrated_gradients_and_overlay(tiny_run, mnist):
 
 
 def test_verdict_and_messages():
-    from digitlab.predict import Prediction
+    from digitlab.inference.predict import Prediction
 
     probs = [0.0] * 10
     assert app.verdict(Prediction(3, probs, 0.9995, "ok")) == ("ok", ">99.9% sure")
@@ -178,7 +178,7 @@ def test_probability_chart_is_a_plain_vega_lite_spec():
 
 
 def test_draw_boxes_marks_each_digit():
-    from digitlab.predict import Prediction, ReadDigit
+    from digitlab.inference.predict import Prediction, ReadDigit
 
     im = Image.new("L", (400, 100), 255)
     digits = [ReadDigit((10, 10, 60, 90), Prediction(4, [0.1] * 10, 0.9, "ok")),
@@ -270,7 +270,7 @@ def test_apptest_first_visit_model_tab_and_empty_canvas(at, tiny_run):
 
 
 def test_apptest_drawing_shows_the_predictors_answer_and_clear_resets_it(at, tiny_run):
-    from digitlab.predict import Predictor
+    from digitlab.inference.predict import Predictor
 
     at.run()
     at.session_state["canvas-0"] = canvas_state(SHAPES["7"])
@@ -288,7 +288,7 @@ def test_apptest_drawing_shows_the_predictors_answer_and_clear_resets_it(at, tin
 
 
 def test_apptest_undo_rebuilds_the_canvas_without_the_last_stroke(at, tiny_run):
-    from digitlab.predict import Predictor
+    from digitlab.inference.predict import Predictor
 
     two = [SHAPES["1"][0], [(0.2, 0.9), (0.8, 0.9)]]
     at.run()
@@ -312,7 +312,7 @@ def test_apptest_model_is_loaded_once_per_process(at, tiny_run, monkeypatch):
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from digitlab.predict import Predictor
+    from digitlab.inference.predict import Predictor
 
     calls, original = [], Predictor.from_run.__func__
 
@@ -404,8 +404,8 @@ def good_run(tmp_path_factory, mnist) -> Path:
     bundled = Path(digitlab.__file__).parent / "pretrained" / "fast"
     if (bundled / "checkpoint" / "best.pt").is_file():
         return bundled
-    from digitlab.config import get_preset
-    from digitlab.train import train
+    from digitlab.core.config import get_preset
+    from digitlab.training.loop import train
 
     out = tmp_path_factory.mktemp("app") / "small"
     config = get_preset("fast").override(limit=12000, epochs=2, model_args={"widths": [16, 32, 64]}, test_limit=500)

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from digitlab.batch import (
+from digitlab.core.errors import ConfigError
+from digitlab.inference.batch import (
     COLUMNS,
     check_out,
     input_root,
@@ -29,8 +30,7 @@ from digitlab.batch import (
     predict_files,
     read_done,
 )
-from digitlab.errors import ConfigError
-from digitlab.predict import Predictor
+from digitlab.inference.predict import Predictor
 
 
 def png(a: np.ndarray, invert: bool = False) -> bytes:
@@ -46,7 +46,7 @@ def predictor(tiny_run) -> Predictor:
 
 @pytest.fixture(scope="module")
 def onnx_run(tiny_run, tmp_path_factory) -> Path:
-    from digitlab.export import export_onnx
+    from digitlab.inference.export import export_onnx
 
     run = shutil.copytree(tiny_run, tmp_path_factory.mktemp("batch") / "run")
     export_onnx(run, parity_n=10)

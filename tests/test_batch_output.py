@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitlab.batch import COLUMNS, keyed_inputs, predict_files
-from digitlab.batch_output import atomic_write, shown
-from digitlab.errors import ConfigError
-from digitlab.predict import Predictor
+from digitlab.core.errors import ConfigError
+from digitlab.inference.batch import COLUMNS, keyed_inputs, predict_files
+from digitlab.inference.batch_output import atomic_write, shown
+from digitlab.inference.predict import Predictor
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bytes file names, /dev/full: Linux")
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from digitlab.calibrate import (
+from digitlab.evaluation.calibrate import (
     INK_PENALTY,
     OodRule,
     calibrate_run,
@@ -154,9 +154,9 @@ def test_fit_ood_keeps_the_target_share_of_every_digit_source():
 
 
 def test_digit_sources_keep_only_the_runs_validation_digits(mnist):
-    from digitlab.data import stratified_split
-    from digitlab.realworld import load_realworld
-    from digitlab.refusal import digit_sources
+    from digitlab.data.datasets import stratified_split
+    from digitlab.data.realworld import load_realworld
+    from digitlab.evaluation.refusal import digit_sources
 
     tune = load_realworld("page-tune")
     index = [int(o.split(":")[1]) for o in tune.origins[:60]]

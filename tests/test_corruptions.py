@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from digitlab.corruptions import CORRUPTIONS, corrupt, corruption_rng
-from digitlab.errors import ConfigError, DataError
+from digitlab.core.errors import ConfigError, DataError
+from digitlab.data.corruptions import CORRUPTIONS, corrupt, corruption_rng
 
 DETERMINISTIC = {"scale", "brightness", "stripe", "canny_edges"}  # no random draw at all
 RANDOM = [n for n in CORRUPTIONS if n not in DETERMINISTIC]
@@ -234,8 +234,8 @@ def test_canny_edges_keeps_only_edges():
 
 def test_score_images_matches_the_predictor(tiny_run, digits, mnist):
     """The preprocessed figures are what Predictor.predict answers, one image at a time."""
-    from digitlab.predict import Predictor
-    from digitlab.robustness import score_images
+    from digitlab.evaluation.robustness import score_images
+    from digitlab.inference.predict import Predictor
 
     predictor = Predictor.from_run(tiny_run, tta=False)
     labels = mnist.test.labels[:32]
@@ -252,9 +252,9 @@ def test_score_images_matches_the_predictor(tiny_run, digits, mnist):
 
 
 def test_validation_suite_uses_the_runs_validation_split(tiny_run, tmp_path, mnist):
-    from digitlab.robustness import evaluate_robustness, suite_split
-    from digitlab.rundir import RunDir
-    from digitlab.train import split_data
+    from digitlab.core.rundir import RunDir
+    from digitlab.evaluation.robustness import evaluate_robustness, suite_split
+    from digitlab.training.loop import split_data
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -288,7 +288,7 @@ def test_evaluate_robustness_cli(tiny_run, tmp_path):
     assert (run / "plots" / "robustness.png").stat().st_size > 10_000
     assert "mean over corruptions" in r.stdout
 
-    from digitlab.evaluate import evaluate_run
+    from digitlab.evaluation.evaluate import evaluate_run
 
     evaluate_run(run)  # a plain re-evaluation rewrites the report: the section stays (it is in metrics.json)
     assert "| canny_edges |" in (run / "report.md").read_text()

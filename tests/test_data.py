@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_DIR, run_cli
-from digitlab import data
-from digitlab.data import (
+from digitlab.core.errors import ConfigError, DataError
+from digitlab.data import datasets as data
+from digitlab.data.datasets import (
     IDX_NAMES,
     Split,
     export_image_folder,
@@ -26,7 +27,6 @@ from digitlab.data import (
     stratified_split,
     verify_dataset,
 )
-from digitlab.errors import ConfigError, DataError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

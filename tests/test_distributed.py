@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from digitlab.predict import Predictor
+from digitlab.inference.predict import Predictor
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
             "-m", "digitlab.cli"]  # fmt: skip

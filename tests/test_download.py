@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_DIR, run_cli
-from digitlab.data import IDX_NAMES, load_idx_dir, read_checksums
-from digitlab.download import KNOWN_SHA256, MIRRORS, download_dataset, gunzip_sha256
-from digitlab.errors import DataError
+from digitlab.core.errors import DataError
+from digitlab.data.datasets import IDX_NAMES, load_idx_dir, read_checksums
+from digitlab.data.download import KNOWN_SHA256, MIRRORS, download_dataset, gunzip_sha256
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 STEMS = sorted(IDX_NAMES.values())
@@ -230,7 +230,7 @@ def test_cli_download_real_mnist_from_local_mirror(server, tmp_path):
 
 
 def test_interrupted_download_leaves_nothing(monkeypatch, tmp_path):
-    import digitlab.download as download
+    import digitlab.data.download as download
 
     def fetch_then_interrupt(url, target, timeout, progress, label):
         target.write_bytes(b"partial")

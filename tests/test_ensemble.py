@@ -11,20 +11,20 @@ import pytest
 import torch
 
 from conftest import run_cli
-from digitlab.calibrate import softmax
-from digitlab.config import TrainConfig, get_preset
-from digitlab.ensemble import EnsembleNet, make_ensemble
-from digitlab.errors import ConfigError, RunDirError
-from digitlab.models import build_model, count_params
-from digitlab.predict import Predictor
-from digitlab.rundir import load_model
+from digitlab.core.config import TrainConfig, get_preset
+from digitlab.core.errors import ConfigError, RunDirError
+from digitlab.core.rundir import load_model
+from digitlab.evaluation.calibrate import softmax
+from digitlab.inference.predict import Predictor
+from digitlab.model.networks import build_model, count_params
+from digitlab.training.ensemble import EnsembleNet, make_ensemble
 
 
 @pytest.fixture(scope="module")
 def members(tiny_run, tmp_path_factory, mnist) -> list[Path]:
     """The tiny run and a second tiny run on the same split (same data, limit, val_fraction and seed: the split is
     drawn from the seed) made different by its architecture, so its initial weights differ too."""
-    from digitlab.train import train
+    from digitlab.training.loop import train
 
     root = tmp_path_factory.mktemp("members")
     a = shutil.copytree(tiny_run, root / "a")
@@ -113,7 +113,7 @@ def test_ensemble_net_forward_and_registry():
 
 def test_onnx_export_is_one_graph_with_parity(ens, tmp_path, mnist):
     pytest.importorskip("onnxruntime")
-    from digitlab.export import export_onnx
+    from digitlab.inference.export import export_onnx
 
     run = shutil.copytree(ens[0], tmp_path / "ens")
     entry = export_onnx(run, parity_n=100)
@@ -196,7 +196,7 @@ def untrained(members, tmp_path_factory) -> Path:
 
 
 def test_select_members_chooses_on_validation_and_leaves_a_useless_run_out(members, untrained, mnist):
-    from digitlab.ensemble import select_members
+    from digitlab.training.ensemble import select_members
 
     chosen, selection = select_members([untrained, *members], 3, dataset=mnist)
     steps = selection["steps"]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from digitlab.errors import DataError
-from digitlab.evaluate import compute_metrics, evaluate_run, softmax
+from digitlab.core.errors import DataError
+from digitlab.evaluation.evaluate import compute_metrics, evaluate_run, softmax
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("curves", "confusion", "errors", "reliability")
@@ -123,9 +123,9 @@ def test_bad_inputs_raise_user_errors():
 
 def make_run(root: Path, test_limit: int = 200) -> Path:
     """An untrained `fast` model saved as a finished run: config, checkpoint, 2-epoch history, metrics."""
-    from digitlab.config import TrainConfig
-    from digitlab.models import build_model, count_params
-    from digitlab.rundir import RunDir, save_weights
+    from digitlab.core.config import TrainConfig
+    from digitlab.core.rundir import RunDir, save_weights
+    from digitlab.model.networks import build_model, count_params
 
     rd = RunDir(root)
     config = TrainConfig(preset="fast", model="fast", test_limit=test_limit)
@@ -202,7 +202,7 @@ def test_evaluate_on_another_dataset_writes_eval_dir(evaluated_run: Path, tmp_pa
     # A tiny IDX copy (the full Fashion-MNIST test split would take ~15 s on 2 CPU cores).
     fashion = Path("/usr/share/datasets/fashion-mnist")
     if fashion.is_dir():
-        from digitlab.data import load_eval_split
+        from digitlab.data.datasets import load_eval_split
 
         split = load_eval_split(str(fashion))
         images, labels = split.images[:60], split.labels[:60].astype(np.uint8)

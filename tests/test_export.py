@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from digitlab.export import export_onnx
-from digitlab.predict import Predictor
+from digitlab.inference.export import export_onnx
+from digitlab.inference.predict import Predictor
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -30,8 +30,8 @@ def session(path: Path):
 
 
 def test_fp32_parity_with_pytorch(exported, mnist):
-    from digitlab.evaluate import predict_logits, read_temperature, softmax
-    from digitlab.rundir import load_model
+    from digitlab.core.rundir import load_model
+    from digitlab.evaluation.evaluate import predict_logits, read_temperature, softmax
 
     run, entry = exported
     assert entry["onnx_max_abs_diff"] <= 1e-4 and entry["parity_n"] == 300

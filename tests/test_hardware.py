@@ -1,6 +1,6 @@
 """The training precision is chosen from the CPU's features, and the reason is said: tested with faked CPUs."""
 
-from digitlab.hardware import CpuInfo, choose_precision, cpu_info
+from digitlab.core.hardware import CpuInfo, choose_precision, cpu_info
 
 EPYC_FP32 = CpuInfo("AMD EPYC 7B13", frozenset({"avx2", "fma"}))
 EPYC_BF16 = CpuInfo("AMD EPYC 9B14", frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}))

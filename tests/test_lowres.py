@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 import digitlab
-from digitlab import lowres
-from digitlab.data import stratified_split
-from digitlab.predict import Predictor
-from digitlab.preprocess import preprocess
-from digitlab.synth import _scan
+from digitlab.data import lowres
+from digitlab.data.datasets import stratified_split
+from digitlab.data.preprocess import preprocess
+from digitlab.data.synth import _scan
+from digitlab.inference.predict import Predictor
 
 BUNDLE = Path(digitlab.__file__).parent / "pretrained" / "fast"
 

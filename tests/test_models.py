@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from digitlab.augment import (
+from digitlab.core.errors import ConfigError
+from digitlab.model.networks import build_model, count_params
+from digitlab.model.tta import shift_batch
+from digitlab.training.augment import (
     apply_affine,
     elastic_offsets,
     random_affine,
     sample_affine,
     thicken_strokes,
 )
-from digitlab.errors import ConfigError
-from digitlab.models import build_model, count_params
-from digitlab.tta import shift_batch
 
 
 @pytest.mark.parametrize(("padding", "params"), [("valid", 537_386), ("same", 3_486_506)])

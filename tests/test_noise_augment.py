@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from digitlab.config import get_preset
-from digitlab.noise_augment import OPS, corruption_augment
+from digitlab.core.config import get_preset
+from digitlab.training.noise_augment import OPS, corruption_augment
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import run_cli
-from digitlab.errors import ConfigError, RunDirError
-from digitlab.predict import Prediction, Predictor
+from digitlab.core.errors import ConfigError, RunDirError
+from digitlab.inference.predict import Prediction, Predictor
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_read_three_digits_side_by_side(predictor, mnist):
 
 
 def test_run_is_optional_once_a_model_is_bundled(run, monkeypatch):
-    from digitlab import cli
+    from digitlab.cli import base as cli
 
     assert cli._run_and_inputs([str(run), "a.png"]) == (run, ["a.png"])
     assert cli._run_and_inputs(["a.png"])[0] == cli.default_run()  # the model bundled in the package
@@ -231,8 +231,8 @@ def test_cli_read_json(run, mnist, tmp_path):
 
 
 def test_tta_switch_follows_the_run_unless_told(run, digits):
-    from digitlab.evaluate import predict_logits
-    from digitlab.rundir import load_model
+    from digitlab.core.rundir import load_model
+    from digitlab.evaluation.evaluate import predict_logits
 
     model = load_model(run)
     default = Predictor.from_run(run)  # None: the run's config (the fast preset uses TTA)

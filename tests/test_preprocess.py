@@ -13,9 +13,9 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
-from digitlab import preprocess as preprocess_module
-from digitlab.errors import ImageError
-from digitlab.preprocess import (
+from digitlab.core.errors import ImageError
+from digitlab.data import preprocess as preprocess_module
+from digitlab.data.preprocess import (
     Preprocessed,
     ink_stats,
     is_mnist_format,
@@ -436,7 +436,7 @@ def test_stroke_width_on_the_ink_box_is_exact_also_at_the_image_edge():
 
 
 def test_noise_level_shortcut_matches_the_medians():
-    from digitlab.preprocess import _noise
+    from digitlab.data.preprocess import _noise
 
     rng = np.random.default_rng(1)
     for zeros in (0.3, 0.5, 0.51, 0.9):

@@ -8,9 +8,9 @@ from PIL import Image
 
 import digitlab
 from conftest import run_cli
-from digitlab.config import TrainConfig
-from digitlab.evaluate import predict_logits
-from digitlab.rundir import load_model
+from digitlab.core.config import TrainConfig
+from digitlab.core.rundir import load_model
+from digitlab.evaluation.evaluate import predict_logits
 
 BUNDLE = Path(digitlab.__file__).parent / "pretrained" / "fast"
 
@@ -44,7 +44,7 @@ def test_predict_without_a_run_uses_the_bundled_model(tmp_path, mnist):
 
 def test_tta_buys_nothing_measurable_for_the_bundled_model(mnist):
     """Why serving runs without test-time augmentation by default (docs/serving.md)."""
-    from digitlab.predict import Predictor
+    from digitlab.inference.predict import Predictor
 
     model = load_model(BUNDLE)
     with_tta = (predict_logits(model, mnist.test.images, tta=True).argmax(1) == mnist.test.labels).mean()

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitlab import realworld as rw
-from digitlab.preprocess import naive_resize, preprocess, preprocess_array
+from digitlab.data import realworld as rw
+from digitlab.data.preprocess import naive_resize, preprocess, preprocess_array
 
 
 def same_images(a: rw.RealWorldSet, b: rw.RealWorldSet) -> bool:
@@ -46,7 +46,7 @@ def canvas(mnist):
 def fonts():
     found = rw.find_fonts()
     if not found:
-        pytest.skip("none of digitlab.realworld.FONTS is installed")
+        pytest.skip("none of digitlab.data.realworld.FONTS is installed")
     return found[:2]
 
 
@@ -61,7 +61,7 @@ def test_canvas_set_is_deterministic_and_prefix_stable(mnist, canvas):
 
 
 def test_canvas_set_pen_range_draws_fatter_strokes(mnist, canvas):
-    from digitlab.preprocess import stroke_width
+    from digitlab.data.preprocess import stroke_width
 
     fat = rw.canvas_set(mnist.test, 4, seed=3, pen=(40, 40))
     assert (fat.params["pen"] == 40).all() and (canvas.params["pen"] <= 28).all()

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from digitlab.errors import DigitlabError, DigitlabWarning, StorageError
-from digitlab.predict import Predictor
+from digitlab.core.errors import DigitlabError, DigitlabWarning, StorageError
+from digitlab.inference.predict import Predictor
 
 TRAIN = ["train", "--preset", "fast", "--limit", "600", "--batch-size", "64", "--no-test", "--val-fraction", "0",
          "--set", 'model_args={"widths": [8, 16, 32]}']  # fmt: skip
@@ -64,8 +64,8 @@ def test_a_full_disk_at_the_start_is_one_line_and_leaves_no_partial_config(tmp_p
 
 
 def test_a_full_disk_mid_run_keeps_the_last_checkpoint_whole_and_resume_finishes(tmp_path, mnist):
-    from digitlab.config import get_preset
-    from digitlab.train import Interrupted, train
+    from digitlab.core.config import get_preset
+    from digitlab.training.loop import Interrupted, train
 
     out = tmp_path / "r"
     config = get_preset("fast").override(limit=600, epochs=2, batch_size=64, model_args={"widths": [8, 16, 32]})
@@ -83,7 +83,7 @@ def test_a_full_disk_mid_run_keeps_the_last_checkpoint_whole_and_resume_finishes
 def test_atomic_write_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
     import os
 
-    from digitlab.atomic import atomic_write_text
+    from digitlab.core.atomic import atomic_write_text
 
     path = atomic_write_text(tmp_path / "a.json", "old")
 
@@ -224,7 +224,7 @@ def test_a_calibrated_run_says_so(tiny_run):
 def test_serving_an_uncalibrated_run_is_never_ready(broken_runs):
     from fastapi.testclient import TestClient
 
-    from digitlab.api import ApiSettings, create_app
+    from digitlab.serving.api import ApiSettings, create_app
 
     run = broken_runs["calibration-missing"]
     with socket.socket() as sock:
@@ -260,6 +260,6 @@ def test_a_mistyped_run_directory_is_refused_not_replaced_by_the_bundled_model(t
     one_line_error(res, f"no run directory {tmp_path / 'runs' / 'fsat'}", "bundled model")
     res = run_cli("read", "runs/fsat/", digit_png, cwd=tmp_path)
     one_line_error(res, "no run directory runs/fsat/")
-    from digitlab import cli
+    from digitlab.cli import base as cli
 
     assert cli._run_and_inputs([str(tmp_path / "missing.png")])[0] == cli.default_run()  # a missing image: an input

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitlab import realworld as rw
-from digitlab import synth
-from digitlab.refusal import TUNE_SETS
+from digitlab.data import realworld as rw
+from digitlab.data import synth
+from digitlab.evaluation.refusal import TUNE_SETS
 
 
 def same(a: rw.RealWorldSet, b: rw.RealWorldSet) -> bool:

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from digitlab.config import get_preset
-from digitlab.errors import ConfigError, RunDirError
-from digitlab.train import Interrupted, train
+from digitlab.core.config import get_preset
+from digitlab.core.errors import ConfigError, RunDirError
+from digitlab.training.loop import Interrupted, train
 
 TINY = dict(limit=600, epochs=2, batch_size=64, test_limit=200)
 
@@ -135,14 +135,14 @@ def test_run_directory_layout_and_metrics_keys(tiny_run):
 
 
 def test_config_round_trips_through_the_run_directory(tiny_run):
-    from digitlab.config import TrainConfig
+    from digitlab.core.config import TrainConfig
 
     config = TrainConfig.load(tiny_run / "config.json")
     assert config.preset == "fast" and config.limit == 1000 and config.model_args == {"widths": [8, 16, 32]}
 
 
 def test_split_seed_fixes_the_validation_split_across_run_seeds(mnist):
-    from digitlab.train import split_data
+    from digitlab.training.loop import split_data
 
     a = split_data(mnist, tiny(seed=1, split_seed=5))[1]
     b = split_data(mnist, tiny(seed=2, split_seed=5))[1]
@@ -162,7 +162,7 @@ def test_ema_weights_are_the_ones_kept_and_their_gain_is_recorded(tmp_path, mnis
 
 
 def test_ema_update_warms_up_then_holds_its_decay():
-    from digitlab.train import ema_update
+    from digitlab.training.loop import ema_update
 
     f = ema_update(0.999)
     one, zero = torch.ones(1), torch.zeros(1)
@@ -233,7 +233,7 @@ def test_a_stop_after_the_last_step_is_clean_and_resume_finishes(tmp_path, mnist
 def test_a_signal_during_the_test_evaluation_stops_it_at_once(tmp_path, mnist, monkeypatch):
     import os
 
-    from digitlab import evaluate
+    from digitlab.evaluation import evaluate
 
     def slow_evaluation(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,5 @@
+"""`python -m digitlab`: the `digitlab` command."""
+
+from digitlab.cli import main
+
+main()

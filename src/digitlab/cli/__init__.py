@@ -1,0 +1,5 @@
+"""The `digitlab` command (Typer): one module per command group; user errors become one red line and exit 1."""
+
+from digitlab.cli.base import app, main
+
+__all__ = ["app", "main"]

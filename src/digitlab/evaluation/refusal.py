@@ -1,0 +1,94 @@
+"""The digits the "not a digit" rule must keep: validation-digit versions of every real-world source, framed.
+
+A rule fitted on MNIST's validation digits alone refuses 1 in 100 of them by construction, and more of the
+digits users actually send (canvas strokes, photos, fonts, low-resolution scans, thick pens), whose scores sit
+lower. `calibrate.fit_ood` therefore sets the threshold so that it keeps SOURCE_TPR of *each* source: MNIST
+validation and the `*-tune` sets in data/realworld/ (made by scripts/make_realworld.py from the validation digits
+of the bundled run's split, and from fonts the reported sets do not use). Only digits in the run's own
+validation split are used (matched by their pixels), so a run never fits its rule on images it trained on.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from digitlab.core.errors import DataError
+from digitlab.data.datasets import Split
+
+__all__ = ["MIN_SOURCE", "SOURCE_TPR", "TUNE_SETS", "digit_sources"]
+
+TUNE_SETS = ("canvas-tune", "photo-tune", "fonts-tune", "lowres-tune", "pen-tune", "page-tune")
+SOURCE_TPR = 0.997  # share of every digit source the rule keeps while fitting: >= 99.5% on held-out digits
+MIN_SOURCE = 50  # a source with fewer usable digits than this (a small run's split) is left out of the fit
+
+
+def _digest(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(image, dtype=np.uint8).tobytes(), digest_size=16).digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str) -> Any:
+    from digitlab.data.realworld import load_realworld
+
+    return load_realworld(name)
+
+
+_FRAMED: dict[tuple[str, int], np.ndarray | None] = {}  # (set, image) -> its model input (None: not "ok")
+
+
+def _framed(name: str, index: np.ndarray) -> np.ndarray:
+    """Model inputs of the images `index` of tune set `name` that `preprocess` frames as a digit (cached)."""
+    from digitlab.data.preprocess import preprocess
+
+    ds = _load(name)
+    out = []
+    for i in index.tolist():
+        if (name, i) not in _FRAMED:
+            prep = preprocess(ds.images[i])
+            _FRAMED[name, i] = prep.image if prep.status == "ok" else None
+        image = _FRAMED[name, i]
+        if image is not None:
+            out.append(image)
+    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+
+
+def _train_images(data: str) -> np.ndarray:
+    from digitlab.data.datasets import load_dataset
+
+    return load_dataset(data).train.images
+
+
+def digit_sources(val: Split, data: str, limit: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Model inputs (uint8 (N, 28, 28)) of each tune set, keeping only digits of `val` (images from the MNIST
+    training split that are in the run's validation split; font glyphs always), at most `limit` per set.
+
+    Returns ({name: inputs}, report); sets missing, or with fewer than MIN_SOURCE digits, are left out and
+    said so in the report. Runs on other data than MNIST get no tune sets (they are MNIST digits)."""
+    if data != "mnist":
+        return {}, {"skipped": f"tune sets are MNIST digits; the run's data is {data}"}
+    wanted = {_digest(im) for im in val.images}
+    train: np.ndarray | None = None
+    sources: dict[str, np.ndarray] = {}
+    report: dict[str, Any] = {}
+    for name in TUNE_SETS:
+        try:
+            origins = _load(name).origins
+        except DataError as e:
+            report[name] = f"left out: {e}"
+            continue
+        keep = np.ones(len(origins), bool)
+        for k, origin in enumerate(origins):
+            if origin.startswith("mnist-train:"):
+                train = _train_images(data) if train is None else train
+                keep[k] = _digest(train[int(origin.split(":")[1])]) in wanted
+        picked = _framed(name, np.flatnonzero(keep)[:limit])
+        if len(picked) < MIN_SOURCE:
+            report[name] = f"left out: {len(picked)} of its digits are in this run's validation split"
+            continue
+        sources[name] = picked
+        report[name] = len(picked)
+    return sources, report

@@ -1,0 +1,1 @@
+"""Training: the loop and its checkpoints, augmentation, distributed runs, clean stops and ensembles."""
