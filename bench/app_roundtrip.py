@@ -45,8 +45,8 @@ def ms(samples: list[float]) -> str:
 
 
 def server(run: Path, repeat: int) -> list[float]:
-    from digitlab.core.rundir import load_model
     from digitlab.inference.predict import Predictor
+    from digitlab.model.forward import load_model
 
     predictor, model, png = Predictor.from_run(run), load_model(run), canvas_png()
     out = []

@@ -19,7 +19,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from digitlab.training.ensemble import make_ensemble, select_members
+from digitlab.evaluation.pipeline import make_ensemble
+from digitlab.training.ensemble import select_members
 
 
 def main() -> None:

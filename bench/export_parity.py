@@ -38,8 +38,8 @@ def main() -> int:
     import onnxruntime as ort
     import torch
 
-    from digitlab.core.rundir import load_model
     from digitlab.inference.export import export_onnx
+    from digitlab.model.forward import load_model
 
     t0 = time.perf_counter()
     e = export_onnx(args.run, int8=True, full_test=True, parity_n=args.parity_n,

@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from digitlab.cli import parse_sets
+from digitlab.cli.base import parse_sets
 from digitlab.core.config import TrainConfig, get_preset
-from digitlab.training.loop import train
+from digitlab.evaluation.pipeline import train
 
 
 def finished(run: Path, config: TrainConfig) -> dict | None:

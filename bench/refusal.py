@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import digitlab
     from digitlab.data.datasets import load_dataset
     from digitlab.data.realworld import load_realworld
-    from digitlab.evaluation.calibrate import ood_images
+    from digitlab.evaluation.ood_sets import ood_images
     from digitlab.inference.predict import Predictor
 
     run = args.run or Path(digitlab.__file__).parent / "pretrained" / "fast"

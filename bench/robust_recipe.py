@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.cli import parse_sets
+from digitlab.cli.base import parse_sets
 from digitlab.core.config import get_preset
-from digitlab.core.rundir import RunDir, load_model
+from digitlab.core.rundir import RunDir
 from digitlab.data.corruptions import CORRUPTIONS, corrupt
-from digitlab.data.datasets import load_dataset
-from digitlab.evaluation.evaluate import predict_logits
-from digitlab.training.loop import split_data, train
+from digitlab.data.datasets import load_dataset, split_data
+from digitlab.evaluation.pipeline import train
+from digitlab.model.forward import load_model, predict_logits
 
 VAL_SEED = 1  # the validation-derived suite's seed; the reported (test-derived) suite uses its own
 

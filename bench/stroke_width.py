@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.core.rundir import RunDir, load_model
-from digitlab.data.datasets import load_dataset
+from digitlab.core.rundir import RunDir
+from digitlab.data.datasets import load_dataset, split_data
 from digitlab.data.preprocess import preprocess_array
-from digitlab.data.realworld import canvas_set, score_realworld
-from digitlab.evaluation.evaluate import predict_logits
+from digitlab.data.realworld import canvas_set
+from digitlab.evaluation.realworld import score_realworld
+from digitlab.model.forward import load_model, predict_logits
 from digitlab.training.ensemble import split_key
-from digitlab.training.loop import split_data
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from digitlab.core.config import TrainConfig, get_preset
-from digitlab.training.loop import train
+from digitlab.evaluation.pipeline import train
 
 
 def main() -> None:
@@ -59,8 +59,7 @@ def main() -> None:
 
 def _images_per_epoch(config: TrainConfig) -> int:
     """Images one epoch trains on: whole batches of the training split (the loop drops the ragged last one)."""
-    from digitlab.data.datasets import load_dataset
-    from digitlab.training.loop import split_data
+    from digitlab.data.datasets import load_dataset, split_data
 
     n = len(split_data(load_dataset(config.data), config)[0])
     return n // config.batch_size * config.batch_size

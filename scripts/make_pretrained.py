@@ -16,8 +16,8 @@ from pathlib import Path
 
 from digitlab.core.config import get_preset
 from digitlab.core.rundir import RunDir
+from digitlab.evaluation.pipeline import train
 from digitlab.inference.export import export_onnx
-from digitlab.training.loop import train
 
 BUNDLE = Path(__file__).resolve().parents[1] / "src" / "digitlab" / "pretrained" / "fast"
 KEEP = ["config.json", "metrics.json", "calibration.json", "history.csv", "report.md", "model.onnx",

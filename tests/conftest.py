@@ -32,7 +32,7 @@ def tiny_run(tmp_path_factory, mnist):
     Shared by every test that needs a run: treat it as read-only (copy it before changing anything).
     """
     from digitlab.core.config import get_preset
-    from digitlab.training.loop import train
+    from digitlab.evaluation.pipeline import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     config = get_preset("fast").override(limit=1000, epochs=2, batch_size=64, test_limit=300,

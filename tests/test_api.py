@@ -34,15 +34,14 @@ from digitlab.core.errors import ConfigError, RunDirError
 from digitlab.inference.predict import Predictor
 from digitlab.serving.api import (
     API_KEY_ENV,
-    MODEL_FILES,
     SETTINGS_ENV,
     TTA_ENV,
     ApiSettings,
-    JsonFormatter,
     app_from_env,
     create_app,
     example_png,
 )
+from digitlab.serving.observability import JsonFormatter
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
@@ -495,9 +494,10 @@ def test_settings_travel_through_the_environment(run, tmp_path):
     with pytest.raises(RunDirError, match="model.int8.onnx"):
         ApiSettings(run=run, backend="onnx-int8").check()
     from digitlab.core.rundir import RunDir
-    from digitlab.inference.predict import ONNX_FILES
+    from digitlab.inference.predict import BACKENDS
 
-    assert {"torch": str(RunDir(Path()).best), **ONNX_FILES} == MODEL_FILES  # the API's copy (it avoids torch)
+    files = {b: RunDir(run).model_file(b).relative_to(run).as_posix() for b in BACKENDS}  # docs/run-directory.md
+    assert files == {"torch": "checkpoint/best.pt", "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 
 def test_cpu_lists_read_as_taskset_writes_them():

@@ -133,7 +133,7 @@ def test_drawing_to_gray_renders_fabric_paths_where_the_canvas_shows_them():
 def test_integrated_gradients_and_overlay(tiny_run, mnist):
     import torch
 
-    from digitlab.core.rundir import load_model
+    from digitlab.model.forward import load_model
 
     model = load_model(tiny_run)
     image = mnist.test.images[0]
@@ -405,7 +405,7 @@ def good_run(tmp_path_factory, mnist) -> Path:
     if (bundled / "checkpoint" / "best.pt").is_file():
         return bundled
     from digitlab.core.config import get_preset
-    from digitlab.training.loop import train
+    from digitlab.evaluation.pipeline import train
 
     out = tmp_path_factory.mktemp("app") / "small"
     config = get_preset("fast").override(limit=12000, epochs=2, model_args={"widths": [16, 32, 64]}, test_limit=500)

@@ -20,16 +20,8 @@ from PIL import Image
 
 from conftest import run_cli
 from digitlab.core.errors import ConfigError
-from digitlab.inference.batch import (
-    COLUMNS,
-    check_out,
-    input_root,
-    kaggle_submission,
-    keyed_inputs,
-    list_inputs,
-    predict_files,
-    read_done,
-)
+from digitlab.inference.batch import input_root, kaggle_submission, keyed_inputs, list_inputs, predict_files
+from digitlab.inference.batch_output import COLUMNS, check_out, read_done
 from digitlab.inference.predict import Predictor
 
 

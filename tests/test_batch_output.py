@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from digitlab.core.errors import ConfigError
-from digitlab.inference.batch import COLUMNS, keyed_inputs, predict_files
-from digitlab.inference.batch_output import atomic_write, shown
+from digitlab.inference.batch import keyed_inputs, predict_files
+from digitlab.inference.batch_output import COLUMNS, atomic_write, shown
 from digitlab.inference.predict import Predictor
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bytes file names, /dev/full: Linux")

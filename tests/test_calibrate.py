@@ -8,18 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from digitlab.evaluation.calibrate import (
-    INK_PENALTY,
-    OodRule,
-    calibrate_run,
-    ece,
-    fit_ood,
-    fit_temperature,
-    ink_fraction,
-    logit_score,
-    nll,
-    render_letters,
-)
+from digitlab.evaluation.calibrate import calibrate_run, ece, fit_ood
+from digitlab.evaluation.ood_sets import render_letters
+from digitlab.model.scoring import INK_PENALTY, OodRule, fit_temperature, ink_fraction, logit_score, nll
 
 CAL_KEYS = {"temperature", "nll_before", "nll_after", "ece_before", "ece_after", "ood"}
 OOD_KEYS = {"score", "threshold", "tpr_in", "fitted_on", "ink_max", "rejected"}

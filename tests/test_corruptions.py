@@ -253,8 +253,8 @@ def test_score_images_matches_the_predictor(tiny_run, digits, mnist):
 
 def test_validation_suite_uses_the_runs_validation_split(tiny_run, tmp_path, mnist):
     from digitlab.core.rundir import RunDir
+    from digitlab.data.datasets import split_data
     from digitlab.evaluation.robustness import evaluate_robustness, suite_split
-    from digitlab.training.loop import split_data
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

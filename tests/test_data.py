@@ -11,9 +11,10 @@ import pytest
 
 from conftest import MNIST_DIR, run_cli
 from digitlab.core.errors import ConfigError, DataError
+from digitlab.data import catalog
 from digitlab.data import datasets as data
+from digitlab.data.catalog import IDX_NAMES, named_dataset_dir
 from digitlab.data.datasets import (
-    IDX_NAMES,
     Split,
     export_image_folder,
     load_dataset,
@@ -21,7 +22,6 @@ from digitlab.data.datasets import (
     load_idx_dir,
     load_image_folder,
     load_kaggle_csv,
-    named_dataset_dir,
     parse_idx,
     pixel_stats,
     stratified_split,
@@ -286,7 +286,7 @@ def test_unknown_dataset_name():
 
 def test_named_dataset_not_installed(monkeypatch, tmp_path):
     monkeypatch.setenv("DIGITLAB_DATA", str(tmp_path))
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(catalog, "SYSTEM_DIRS", {})
     expected = "dataset 'fashion-mnist' not found .*digitlab data download fashion-mnist"
     assert_data_error(expected, load_dataset, "fashion-mnist")
 

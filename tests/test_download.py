@@ -15,8 +15,9 @@ import pytest
 
 from conftest import MNIST_DIR, run_cli
 from digitlab.core.errors import DataError
-from digitlab.data.datasets import IDX_NAMES, load_idx_dir, read_checksums
-from digitlab.data.download import KNOWN_SHA256, MIRRORS, download_dataset, gunzip_sha256
+from digitlab.data.catalog import IDX_NAMES, KNOWN_SHA256
+from digitlab.data.datasets import load_idx_dir, read_checksums
+from digitlab.data.download import MIRRORS, download_dataset, gunzip_sha256
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 STEMS = sorted(IDX_NAMES.values())

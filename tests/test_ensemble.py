@@ -13,18 +13,18 @@ import torch
 from conftest import run_cli
 from digitlab.core.config import TrainConfig, get_preset
 from digitlab.core.errors import ConfigError, RunDirError
-from digitlab.core.rundir import load_model
-from digitlab.evaluation.calibrate import softmax
+from digitlab.evaluation.pipeline import make_ensemble
 from digitlab.inference.predict import Predictor
-from digitlab.model.networks import build_model, count_params
-from digitlab.training.ensemble import EnsembleNet, make_ensemble
+from digitlab.model.forward import load_model
+from digitlab.model.networks import EnsembleNet, build_model, count_params
+from digitlab.model.scoring import softmax
 
 
 @pytest.fixture(scope="module")
 def members(tiny_run, tmp_path_factory, mnist) -> list[Path]:
     """The tiny run and a second tiny run on the same split (same data, limit, val_fraction and seed: the split is
     drawn from the seed) made different by its architecture, so its initial weights differ too."""
-    from digitlab.training.loop import train
+    from digitlab.evaluation.pipeline import train
 
     root = tmp_path_factory.mktemp("members")
     a = shutil.copytree(tiny_run, root / "a")

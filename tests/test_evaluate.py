@@ -13,7 +13,9 @@ import pytest
 
 from conftest import run_cli
 from digitlab.core.errors import DataError
-from digitlab.evaluation.evaluate import compute_metrics, evaluate_run, softmax
+from digitlab.evaluation.evaluate import evaluate_run
+from digitlab.evaluation.metrics import compute_metrics
+from digitlab.model.scoring import softmax
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("curves", "confusion", "errors", "reliability")

@@ -30,8 +30,9 @@ def session(path: Path):
 
 
 def test_fp32_parity_with_pytorch(exported, mnist):
-    from digitlab.core.rundir import load_model
-    from digitlab.evaluation.evaluate import predict_logits, read_temperature, softmax
+    from digitlab.core.calibration import read_temperature
+    from digitlab.model.forward import load_model, predict_logits
+    from digitlab.model.scoring import softmax
 
     run, entry = exported
     assert entry["onnx_max_abs_diff"] <= 1e-4 and entry["parity_n"] == 300

@@ -156,8 +156,8 @@ def test_info_and_loading_errors(predictor, run):
     assert info["params"] > 0 and 0 <= info["test_accuracy"] <= 1 and info["temperature"] > 0
     with pytest.raises(ConfigError):
         Predictor.from_run(run, backend="tflite")
-    with pytest.raises(RunDirError, match="digitlab export"):
-        Predictor.from_run(run, backend="onnx")  # not exported yet
+    with pytest.raises(RunDirError, match="digitlab export .* --int8"):
+        Predictor.from_run(run, backend="onnx-int8")  # training exports model.onnx, not the int8 one
     with pytest.raises(RunDirError):
         Predictor.from_run(run.parent / "nowhere")
 
@@ -231,8 +231,7 @@ def test_cli_read_json(run, mnist, tmp_path):
 
 
 def test_tta_switch_follows_the_run_unless_told(run, digits):
-    from digitlab.core.rundir import load_model
-    from digitlab.evaluation.evaluate import predict_logits
+    from digitlab.model.forward import load_model, predict_logits
 
     model = load_model(run)
     default = Predictor.from_run(run)  # None: the run's config (the fast preset uses TTA)

@@ -9,8 +9,7 @@ from PIL import Image
 import digitlab
 from conftest import run_cli
 from digitlab.core.config import TrainConfig
-from digitlab.core.rundir import load_model
-from digitlab.evaluation.evaluate import predict_logits
+from digitlab.model.forward import load_model, predict_logits
 
 BUNDLE = Path(digitlab.__file__).parent / "pretrained" / "fast"
 

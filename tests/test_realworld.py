@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 from digitlab.data import realworld as rw
+from digitlab.evaluation import realworld as scoring
+from digitlab.evaluation.sections import REPORT_HEADING
 from digitlab.data.preprocess import naive_resize, preprocess, preprocess_array
 
 
@@ -170,7 +172,7 @@ def test_evaluate_realworld_writes_metrics_and_report(tiny_run, tmp_path, mnist,
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = json.loads((run / "metrics.json").read_text())
-    results = rw.evaluate_realworld(run, sets=small_sets(canvas))
+    results = scoring.evaluate_realworld(run, sets=small_sets(canvas))
     assert list(results) == ["canvas", "fonts"]
     for r in results.values():
         assert r["n"] == 8 and 0 <= r["accuracy"] <= 1 and 0 <= r["naive_accuracy"] <= 1 and r["empty"] >= 0
@@ -184,19 +186,19 @@ def test_evaluate_realworld_writes_metrics_and_report(tiny_run, tmp_path, mnist,
     assert {k: v for k, v in metrics.items() if k != "realworld"} == before  # other keys kept
 
     report = (run / "report.md").read_text()
-    assert report.count(rw.REPORT_HEADING) == 1
-    assert report.index(rw.REPORT_HEADING) < report.index("## Figures")
-    section = report[report.index(rw.REPORT_HEADING) :].split("\n## ")[0]
+    assert report.count(REPORT_HEADING) == 1
+    assert report.index(REPORT_HEADING) < report.index("## Figures")
+    section = report[report.index(REPORT_HEADING) :].split("\n## ")[0]
     assert "| set | n | accuracy (digitlab preprocessing) | naive resize baseline |" in section
     assert f"| canvas | 8 | {100 * results['canvas']['accuracy']:.2f}% |" in section
     assert "| refused | accuracy on answered | read |" in section
     assert f"{100 * results['canvas']['read']:.2f}% |" in section
 
     # Run again on other sets: the section is replaced, not repeated, and the rest of the report stays.
-    rw.evaluate_realworld(run, sets={"photo": rw.photo_set(mnist.test, 4, seed=1)})
+    scoring.evaluate_realworld(run, sets={"photo": rw.photo_set(mnist.test, 4, seed=1)})
     again = (run / "report.md").read_text()
-    assert again.count(rw.REPORT_HEADING) == 1 and "| photo | 4 |" in again and "| canvas |" not in again
-    assert again.split(rw.REPORT_HEADING)[0] == report.split(rw.REPORT_HEADING)[0]
+    assert again.count(REPORT_HEADING) == 1 and "| photo | 4 |" in again and "| canvas |" not in again
+    assert again.split(REPORT_HEADING)[0] == report.split(REPORT_HEADING)[0]
     assert list(json.loads((run / "metrics.json").read_text())["realworld"]) == ["photo"]
 
 
@@ -208,12 +210,12 @@ def test_cli_evaluate_realworld_prints_the_table(tiny_run, tmp_path, canvas, mon
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     small = small_sets(canvas)
-    monkeypatch.setattr(rw, "SET_NAMES", tuple(small))
-    monkeypatch.setattr(rw, "load_realworld", lambda name, directory=None: small[name])
+    monkeypatch.setattr(scoring, "SET_NAMES", tuple(small))
+    monkeypatch.setattr(scoring, "load_realworld", lambda name, directory=None: small[name])
     result = CliRunner().invoke(app, ["evaluate", str(run), "--realworld"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "accuracy on real-world input" in result.output
     assert "mnist test" in result.output and "canvas" in result.output and "fonts" in result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["realworld"]) == {"canvas", "fonts"} and "test" in metrics
-    assert rw.REPORT_HEADING in (run / "report.md").read_text()
+    assert REPORT_HEADING in (run / "report.md").read_text()

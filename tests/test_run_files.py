@@ -65,7 +65,8 @@ def test_a_full_disk_at_the_start_is_one_line_and_leaves_no_partial_config(tmp_p
 
 def test_a_full_disk_mid_run_keeps_the_last_checkpoint_whole_and_resume_finishes(tmp_path, mnist):
     from digitlab.core.config import get_preset
-    from digitlab.training.loop import Interrupted, train
+    from digitlab.evaluation.pipeline import train
+    from digitlab.training.stopping import Interrupted
 
     out = tmp_path / "r"
     config = get_preset("fast").override(limit=600, epochs=2, batch_size=64, model_args={"widths": [8, 16, 32]})
@@ -172,7 +173,7 @@ BROKEN = {  # name: (how the file is broken, backend, what the one-line error sa
     "calibration-0-bytes": (_write("calibration.json", b""), "torch", "calibration.json: not valid JSON"),
     "calibration-empty-object": (_write("calibration.json", "{}"), "torch", "temperature must be a finite number"),
     "calibration-a-list": (_write("calibration.json", "[1.5]"), "torch", "calibration.json: expected a JSON object"),
-    "config-garbage": (_write("config.json", "{not json"), "torch", "config.json: not a readable JSON config"),
+    "config-garbage": (_write("config.json", "{not json"), "torch", "config.json: not valid JSON"),
     "config-wrong-type": (_config({"tta": "yes"}), "torch", "config.json: tta must be bool"),
     "best-garbage": (_write("checkpoint/best.pt", b"\x00garbage" * 64), "torch", "not a safe digitlab checkpoint"),
     "best-truncated": (_truncate("checkpoint/best.pt"), "torch", "not a safe digitlab checkpoint"),

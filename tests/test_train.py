@@ -15,7 +15,8 @@ import torch
 from conftest import run_cli
 from digitlab.core.config import get_preset
 from digitlab.core.errors import ConfigError, RunDirError
-from digitlab.training.loop import Interrupted, train
+from digitlab.evaluation.pipeline import train
+from digitlab.training.stopping import Interrupted
 
 TINY = dict(limit=600, epochs=2, batch_size=64, test_limit=200)
 
@@ -142,7 +143,7 @@ def test_config_round_trips_through_the_run_directory(tiny_run):
 
 
 def test_split_seed_fixes_the_validation_split_across_run_seeds(mnist):
-    from digitlab.training.loop import split_data
+    from digitlab.data.datasets import split_data
 
     a = split_data(mnist, tiny(seed=1, split_seed=5))[1]
     b = split_data(mnist, tiny(seed=2, split_seed=5))[1]
@@ -162,7 +163,7 @@ def test_ema_weights_are_the_ones_kept_and_their_gain_is_recorded(tmp_path, mnis
 
 
 def test_ema_update_warms_up_then_holds_its_decay():
-    from digitlab.training.loop import ema_update
+    from digitlab.training.optim import ema_update
 
     f = ema_update(0.999)
     one, zero = torch.ones(1), torch.zeros(1)
@@ -233,14 +234,14 @@ def test_a_stop_after_the_last_step_is_clean_and_resume_finishes(tmp_path, mnist
 def test_a_signal_during_the_test_evaluation_stops_it_at_once(tmp_path, mnist, monkeypatch):
     import os
 
-    from digitlab.evaluation import evaluate
+    from digitlab.evaluation import pipeline
 
     def slow_evaluation(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(20)  # a long test evaluation: the stop must not wait for its end
         raise AssertionError("the stop waited for the evaluation to finish")
 
-    monkeypatch.setattr(evaluate, "evaluate_run", slow_evaluation)
+    monkeypatch.setattr(pipeline, "evaluate_run", slow_evaluation)
     t0 = time.perf_counter()
     with pytest.raises(Interrupted):
         train(tiny(), tmp_path / "r", dataset=mnist)

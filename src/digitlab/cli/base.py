@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from digitlab.core.errors import ConfigError, DigitlabError
+from digitlab.core.rundir import default_run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and serve digit recognizers.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, download and export datasets.")
@@ -122,9 +123,9 @@ def train(
 ) -> None:
     """Train a model into a run directory, then evaluate it on the official test set."""
     from digitlab.core.config import get_preset
+    from digitlab.evaluation.pipeline import train as run_training
     from digitlab.training.distributed import current_rank
-    from digitlab.training.loop import Interrupted
-    from digitlab.training.loop import train as run_training
+    from digitlab.training.stopping import Interrupted
 
     if resume is not None:
         options = {"--preset": preset if preset != "seed" else None, "--out": out, "--data": data, "--epochs": epochs,
@@ -227,8 +228,6 @@ def evaluate(
     if realworld:
         _evaluate_realworld(run, test)
     if robustness:
-        from digitlab.evaluation.robustness import print_robustness
-
         print_robustness(run, console, limit=robustness_limit)
 
 
@@ -236,7 +235,7 @@ def _evaluate_realworld(run: Path, test: dict) -> None:
     """Score the real-world sets (written into RUN/metrics.json and RUN/report.md) and print them as a table."""
     from rich.table import Table
 
-    from digitlab.data.realworld import evaluate_realworld
+    from digitlab.evaluation.realworld import evaluate_realworld
 
     with console.status("real-world sets…") as status:
         results = evaluate_realworld(run, progress=lambda msg: status.update(f"{msg}…"))
@@ -249,6 +248,40 @@ def _evaluate_realworld(run: Path, test: dict) -> None:
         table.add_row(name, f"{r['n']:,}", f"[bold]{r['accuracy']:.2%}[/]", f"{r['naive_accuracy']:.2%}",
                       f"{r['empty']:,}", refused, read)  # fmt: skip
     console.print(table)
+
+
+def print_robustness(run: Path, console: Any, split: str = "test", limit: int | None = None) -> dict[str, Any]:
+    """`digitlab evaluate --robustness`: run the suite under a Rich progress bar, then print its table."""
+    from rich import progress as rp
+    from rich.table import Table
+
+    from digitlab.evaluation.robustness import evaluate_robustness
+    from digitlab.evaluation.sections import error_ratio, suite_rows
+
+    bar = rp.Progress(rp.TextColumn("[bold]robustness[/] {task.fields[stage]:<13}"), rp.BarColumn(),
+                      rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TextColumn("ETA"),
+                      rp.TimeRemainingColumn(), console=console, transient=True)  # fmt: skip
+    task = bar.add_task("robustness", total=None, stage="")
+    with bar:
+        result = evaluate_robustness(run, split=split, limit=limit,
+                                     progress=lambda stage, done, total: bar.update(task, completed=done, total=total,
+                                                                                    stage=stage))  # fmt: skip
+    clean = result["clean"]
+    table = Table(
+        title=f"MNIST-C corruptions ({result['n']:,} {split} images, seed {result['seed']})",
+        caption="preprocessed: digitlab.data.preprocess + calibrated predictor; refusals count as not correct",
+    )
+    for col in ("images", "raw", "error × clean", "refused", "preprocessed", "refused "):
+        table.add_column(col, justify="left" if col == "images" else "right")
+    for name, s in suite_rows(result).items():
+        table.add_row(name, f"{s['accuracy']:.2%}", error_ratio(1 - s["accuracy"], 1 - clean["accuracy"]),
+                      f"{s['refused']:.2%}", f"{s['accuracy_preprocessed']:.2%}",
+                      f"{s['refused_preprocessed']:.2%}")  # fmt: skip
+    console.print(table)
+    console.print(f"[bold]mean over corruptions {result['mean_accuracy']:.2%}[/] raw, "
+                  f"{result['mean_accuracy_preprocessed']:.2%} preprocessed (clean {clean['accuracy']:.2%}; worst "
+                  f"{result['worst']} {result['min_accuracy']:.2%})", highlight=False)  # fmt: skip
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -310,7 +343,7 @@ def data_download(
     """Download a dataset's four IDX files (checksums verified, atomic writes) and write SHA256SUMS."""
     from pathlib import Path
 
-    from digitlab.data.datasets import project_data_dir
+    from digitlab.data.catalog import project_data_dir
     from digitlab.data.download import download_dataset
 
     dest = Path(directory) if directory else project_data_dir() / name
@@ -441,17 +474,6 @@ TTA_HELP = ("Test-time augmentation: the mean over the image and four 1-pixel sh
             "default: the bundled fast model scores 99.63% on MNIST test with it and without it.")  # fmt: skip
 UNCALIBRATED_HELP = ("Use a run that has no calibration.json (raw softmax confidences, no 'not a digit' check) "
                      "instead of refusing it.")  # fmt: skip
-
-
-def default_run() -> Path:
-    """The run used when none is given: the model bundled with the package (digitlab/pretrained/fast)."""
-    import digitlab
-    from digitlab.core.errors import RunDirError
-
-    bundled = Path(digitlab.__file__).parent / "pretrained" / "fast"
-    if bundled.is_dir():
-        return bundled
-    raise RunDirError("no run given and no bundled model: give a run directory first (see `digitlab train`)")
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -609,7 +631,8 @@ def _predict_batch(run: Path, inputs: list[str], backend: str, out: Path | None,
     from rich import progress as rp
     from rich.text import Text
 
-    from digitlab.inference.batch import check_out, kaggle_submission, predict_files
+    from digitlab.inference.batch import kaggle_submission, predict_files
+    from digitlab.inference.batch_output import check_out
     from digitlab.inference.predict import Predictor
 
     class Rate(rp.ProgressColumn):
@@ -777,7 +800,8 @@ def app_command(
     import socket
 
     from digitlab.core.errors import DigitlabError
-    from digitlab.core.rundir import RunDir, load_model
+    from digitlab.core.rundir import RunDir
+    from digitlab.model.forward import load_model
 
     run = default_run() if run is None else run
     try:  # a missing, incomplete or corrupt run fails here, in one line (torch's load errors span several)
@@ -889,7 +913,8 @@ def serve(
     from pydantic import ValidationError
 
     from digitlab.core.errors import ConfigError
-    from digitlab.serving.api import API_KEY_ENV, SETTINGS_ENV, TTA_ENV, ApiSettings, log_config, tta_setting
+    from digitlab.serving.api import API_KEY_ENV, SETTINGS_ENV, TTA_ENV, ApiSettings, tta_setting
+    from digitlab.serving.observability import log_config
     from digitlab.serving.security import check_api_key
     from digitlab.serving.server import serve as run_server
     from digitlab.serving.server import server_config
@@ -974,7 +999,8 @@ def ensemble(
     from rich.table import Table
 
     from digitlab.core.errors import ConfigError
-    from digitlab.training.ensemble import make_ensemble, select_members
+    from digitlab.evaluation.pipeline import make_ensemble
+    from digitlab.training.ensemble import select_members
 
     runs = list(runs or [])
     if len(runs) < 2:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from digitlab.core.errors import ConfigError
+from digitlab.core.jsonfile import read_json_object
 
 CORRUPT_OPS = ("noise", "blur", "strokes", "background", "outline", "erase")  # noise_augment.OPS, in this order
 
@@ -67,13 +68,8 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        """Read a config.json, every field checked for its type: a broken file is a one-line ConfigError."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ConfigError(f"{path}: not a readable JSON config ({' '.join(str(e).split())[:120]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object of config fields")
+        """Read a config.json, every field checked for its type: a broken file or field is a one-line error."""
+        data = read_json_object(path)
         problem = config_problem(data)
         if problem:
             raise ConfigError(f"{path}: {problem}")

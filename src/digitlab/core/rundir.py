@@ -8,9 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from digitlab.core.atomic import atomic_write_bytes, atomic_write_text
+from digitlab.core.atomic import atomic_write_bytes
 from digitlab.core.config import TrainConfig
 from digitlab.core.errors import RunDirError
+from digitlab.core.jsonfile import read_json_object, write_json
+
+# The file each serving backend loads from a run; the ONNX files come from `digitlab export` (or training).
+MODEL_FILES = {"torch": "checkpoint/best.pt", "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 if TYPE_CHECKING:  # torch is imported where weights are saved or loaded: reading a run's files needs none of it
     import torch
@@ -44,7 +48,7 @@ class RunDir:
 
     @property
     def best(self) -> Path:
-        return self.checkpoint_dir / "best.pt"
+        return self.root / MODEL_FILES["torch"]
 
     @property
     def last(self) -> Path:
@@ -61,6 +65,10 @@ class RunDir:
     @property
     def calibration(self) -> Path:
         return self.root / "calibration.json"
+
+    def model_file(self, backend: str) -> Path:
+        """The file `backend` (torch, onnx, onnx-int8) loads: checkpoint/best.pt, model.onnx, model.int8.onnx."""
+        return self.root / MODEL_FILES[backend]
 
     def plot(self, name: str) -> Path:
         """`curves`, `confusion`, `errors`, `reliability` -> plots/<name>.png"""
@@ -80,34 +88,17 @@ class RunDir:
             raise RunDirError(f"{self.root}: missing config.json")
         return TrainConfig.load(self.config)
 
-    def read_metrics(self) -> dict[str, Any]:
+    def read_metrics(self, required: bool = True) -> dict[str, Any]:
+        """metrics.json (a broken file is a one-line error); missing: an error, or {} when not `required`."""
         if not self.metrics.exists():
+            if not required:
+                return {}
             raise RunDirError(f"{self.root}: missing metrics.json — run `digitlab evaluate {self.root}`")
         return read_json_object(self.metrics)
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         """Write JSON atomically, so a crash never leaves a half-written file behind."""
-        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; anything else (unreadable, not JSON, not an object) is a one-line RunDirError."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise RunDirError(f"{path}: not valid JSON ({' '.join(str(e).split())[:120]})") from None
-    if not isinstance(data, dict):
-        raise RunDirError(f"{path}: expected a JSON object")
-    return data
-
-
-def read_json_lenient(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`, or {} when it is missing, unreadable or not an object (for display only)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        write_json(path, data)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -146,16 +137,11 @@ def save_weights(path: Path, model: nn.Module, config: TrainConfig, **extra: Any
                            "config": json.loads(config.to_json()), **extra})  # fmt: skip
 
 
-def load_model(run: Path | RunDir, checkpoint: str = "best", device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model from a run directory's checkpoint alone, in eval mode."""
-    from digitlab.model.networks import build_model
+def default_run() -> Path:
+    """The run used when none is given: the model bundled with the package (digitlab/pretrained/fast)."""
+    import digitlab
 
-    rd = run if isinstance(run, RunDir) else RunDir(Path(run))
-    path = rd.require().best if checkpoint == "best" else rd.last
-    ckpt = load_checkpoint(path, device)
-    try:
-        model = build_model(ckpt["model"], **ckpt.get("model_args", {}))
-        model.load_state_dict(ckpt["state_dict"])
-    except Exception as e:  # weights that do not fit the named model
-        raise RunDirError(f"cannot load checkpoint {path}: {' '.join(str(e).split())[:200]}") from None
-    return model.to(device).eval()
+    bundled = Path(digitlab.__file__).parent / "pretrained" / "fast"
+    if bundled.is_dir():
+        return bundled
+    raise RunDirError("no run given and no bundled model: give a run directory first (see `digitlab train`)")

@@ -1,11 +1,10 @@
-"""Datasets: load MNIST-format IDX files, Kaggle CSVs and image folders into one in-memory form, and split."""
+"""Datasets: MNIST-format IDX files, Kaggle CSVs and image folders in one in-memory form, and their splits."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import math
-import os
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -13,20 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from digitlab.core.config import TrainConfig
 from digitlab.core.errors import ConfigError, DataError
+from digitlab.data.catalog import IDX_NAMES, KNOWN_DATASETS, KNOWN_SHA256, named_dataset_dir
 
 IMAGE_SIDE = 28
-IDX_NAMES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 # IDX magic numbers: 0x0000 | dtype 0x08 (ubyte) | number of dimensions.
 IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}
 NUM_CLASSES = 10
-KNOWN_DATASETS = ("mnist", "fashion-mnist")
-SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 
 @dataclass(frozen=True)
@@ -293,27 +286,6 @@ def export_image_folder(split: Split, out: Path, limit: int | None = None, progr
 # --------------------------------------------------------------------------------------------- dispatch
 
 
-def project_data_dir() -> Path:
-    """Where named datasets live: $DIGITLAB_DATA, else the repository's `data/` (the embedded MNIST copy)."""
-    env = os.environ.get("DIGITLAB_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "data"
-
-
-def named_dataset_dir(name: str) -> Path:
-    if name not in KNOWN_DATASETS:
-        known = ", ".join(KNOWN_DATASETS)
-        raise DataError(f"unknown dataset {name!r}; choose one of: {known} or give a path")
-    local = project_data_dir() / name
-    if local.is_dir():
-        return local
-    system = SYSTEM_DIRS.get(name)
-    if system is not None and system.is_dir():
-        return system
-    raise DataError(f"dataset {name!r} not found in {local}; run `digitlab data download {name}`")
-
-
 def load_dataset(spec: str | Path) -> Dataset:
     """Load a dataset by name (`mnist`, `fashion-mnist`) or path (IDX directory, Kaggle CSV, image folder)."""
     spec_str = str(spec)
@@ -349,8 +321,6 @@ def verify_dataset(spec: str | Path) -> tuple[Dataset, list[str]]:
     spec_str = str(spec)
     checked: list[str] = []
     if spec_str in KNOWN_DATASETS:
-        from digitlab.data.download import KNOWN_SHA256
-
         directory = named_dataset_dir(spec_str)
         return load_idx_dir(directory, spec_str, KNOWN_SHA256[spec_str], checked), checked
     path = Path(spec_str)
@@ -390,3 +360,15 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     except ValueError as e:  # e.g. a class with a single example, or fewer val examples than classes
         raise DataError(f"cannot make a stratified {val_fraction:g} validation split: {e}") from None
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def split_data(ds: Dataset, config: TrainConfig) -> tuple[Split, Split]:
+    """(train, val): an optional seeded stratified subset (`limit`), then the stratified validation split."""
+    train = ds.train
+    if train.labels is None:
+        raise ConfigError(f"{ds.source}: training data has no labels")
+    if config.limit is not None and config.limit < len(train):
+        keep, _ = stratified_split(train.labels, 1 - config.limit / len(train), config.effective_split_seed)
+        train = train.subset(keep)
+    tr, va = stratified_split(train.labels, config.val_fraction, config.effective_split_seed)
+    return train.subset(tr), train.subset(va)

@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 from digitlab.core.errors import DataError
-from digitlab.data.datasets import IDX_NAMES
+from digitlab.data.catalog import IDX_NAMES, KNOWN_SHA256
 
 # Base URLs, tried in order; each file is fetched as <base>/<name>.gz.
 MIRRORS: dict[str, list[str]] = {
@@ -25,22 +25,6 @@ MIRRORS: dict[str, list[str]] = {
     "fashion-mnist": [
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     ],
-}
-
-# SHA-256 of each file's *decompressed* IDX bytes (gzip containers differ between mirrors; content does not).
-KNOWN_SHA256: dict[str, dict[str, str]] = {
-    "mnist": {
-        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-    },
-    "fashion-mnist": {
-        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-    },
 }
 
 CHUNK = 1 << 16

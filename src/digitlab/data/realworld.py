@@ -27,7 +27,6 @@ import io
 import json
 import lzma
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,22 +45,18 @@ __all__ = [
     "SET_NAMES",
     "RealWorldSet",
     "canvas_set",
-    "evaluate_realworld",
     "find_fonts",
     "font_set",
     "load_realworld",
     "photo_set",
     "realworld_dir",
-    "realworld_markdown",
     "save_realworld",
-    "score_realworld",
 ]
 
 SET_NAMES = ("canvas", "photo", "fonts", "lowres", "pen", "page")
 CANVAS_SIDE = 280
 # How a canvas leaves the browser: (0,0,0,0) background with black or white ink in alpha, or filled first.
 CANVAS_MODES = ("rgba/black-ink", "rgba/white-ink", "rgb/white-on-black", "rgb/black-on-white")
-REPORT_HEADING = "## Real-world input"
 FORMAT_VERSION = 1
 RESTROKE_LEVEL = 0.4  # the shape whose centre line is re-drawn: the enlarged digit above this share of its peak
 
@@ -549,138 +544,3 @@ def load_realworld(name: str | Path, directory: Path | None = None) -> RealWorld
 
 
 # --------------------------------------------------------------------------------------------- scoring
-
-
-def _accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
-    return float((pred == labels).mean()) if len(labels) else 0.0
-
-
-def score_realworld(
-    model: Any, ds: RealWorldSet, tta: bool = False, device: Any = "cpu", thin: bool = False, rule: Any = None
-) -> dict[str, Any]:
-    """Accuracy of `model` on a set with digitlab's `preprocess` and with the `naive_resize` baseline.
-
-    Images that `preprocess` calls empty count as errors (the app would answer "no digit"). With the run's
-    "not a digit" `rule` (a `calibrate.OodRule`), also what a user gets: the share refused (empty or not a
-    digit), the accuracy on the answered ones, and "read", the share answered correctly. Also broken down by
-    format variant ("by_kind") and, for the fonts set, by font ("by_font").
-    """
-    from digitlab.data.preprocess import naive_resize, preprocess
-    from digitlab.evaluation.evaluate import predict_logits
-
-    ours, naive, empty = [], [], []
-    for img in ds.images:
-        p = preprocess(img, thin=thin)
-        ours.append(p.image)
-        empty.append(p.status != "ok")
-        naive.append(naive_resize(img))
-    empty_mask = np.array(empty, bool)
-    logits = predict_logits(model, np.stack(ours), tta=tta, device=device)
-    pred = logits.argmax(1)
-    ood = ~empty_mask & ~(rule.accepts(logits, np.stack(ours)) if rule is not None else True)
-    answered = ~empty_mask & ~ood
-    read = answered & (pred == ds.labels)
-    pred[empty_mask] = -1
-    naive_pred = predict_logits(model, np.stack(naive), tta=tta, device=device).argmax(1)
-    labels = ds.labels
-
-    def refusals(m: np.ndarray) -> dict[str, Any]:
-        if not m.any():
-            return {}
-        return {"refused": float(1 - answered[m].mean()), "read": float(read[m].mean()),
-                "answered_accuracy": float(read[m].sum() / max(1, answered[m].sum()))}  # fmt: skip
-
-    def group(keys: np.ndarray) -> dict[str, dict[str, Any]]:
-        return {str(k): {"n": int((keys == k).sum()), "accuracy": _accuracy(pred[keys == k], labels[keys == k]),
-                         "naive_accuracy": _accuracy(naive_pred[keys == k], labels[keys == k]),
-                         **refusals(keys == k)}
-                for k in sorted(set(keys.tolist()))}  # fmt: skip
-
-    out: dict[str, Any] = {
-        "n": len(ds),
-        "accuracy": _accuracy(pred, labels),
-        "naive_accuracy": _accuracy(naive_pred, labels),
-        "empty": int(empty_mask.sum()),
-        "not_a_digit": int(ood.sum()),
-        **refusals(np.ones(len(ds), bool)),
-        "by_kind": group(ds.kinds),
-    }
-    if ds.name == "fonts":
-        out["by_font"] = group(np.array([o.removeprefix("font:") for o in ds.origins]))
-    return out
-
-
-def realworld_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """The report section: one row per set, accuracy with digitlab preprocessing beside the naive baseline."""
-    lines = [REPORT_HEADING, "",
-             "Accuracy on digitlab's own non-MNIST sets (`data/realworld/`, made by `scripts/make_realworld.py`): "
-             "MNIST test digits re-drawn as browser-canvas exports and as phone photos of ink on paper, and "
-             "digits rendered from handwriting and print fonts. *digitlab* runs each image through "
-             "`digitlab.data.preprocess` (images it calls empty count as errors); *naive resize* converts to "
-             "grey, inverts dark-on-light and squashes the whole picture to 28x28, as typical demos do. "
-             "*lowres*, *pen* and *page* (`digitlab.data.synth`): MNIST test digits as low-resolution scans shown "
-             "enlarged (blocky or smooth), drawn with thin and thick pens (with handwriting-font glyphs), and "
-             "small on big pages. *Refused*: called empty or not a digit (the run's rule); *read*: answered "
-             "and right.",
-             "", "| set | n | accuracy (digitlab preprocessing) | naive resize baseline | empty | not a digit "
-             "| refused | accuracy on answered | read |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for name, r in results.items():
-        extra = (f"{r['not_a_digit']:,} | {100 * r['refused']:.2f}% | {100 * r['answered_accuracy']:.2f}% | "
-                 f"{100 * r['read']:.2f}%") if "read" in r else "— | — | — | —"  # fmt: skip
-        lines.append(f"| {name} | {r['n']:,} | {100 * r['accuracy']:.2f}% | {100 * r['naive_accuracy']:.2f}% "
-                     f"| {r.get('empty', 0):,} | {extra} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def _replace_section(text: str, section: str) -> str:
-    """Put `section` in place of an existing one with the same heading, else before "## Figures", else last."""
-    pattern = re.compile(rf"^{re.escape(REPORT_HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        return pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    figures = re.search(r"^## Figures\n", text, re.M)
-    if figures:
-        return text[: figures.start()] + section + "\n" + text[figures.start() :]
-    return (text.rstrip() + "\n\n" if text.strip() else "") + section
-
-
-def evaluate_realworld(
-    run: Path | Any,
-    sets: Iterable[str] | Mapping[str, RealWorldSet] | None = None,
-    progress: Callable[[str], None] | None = None,
-    device: str | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Score a run's best checkpoint on the real-world sets; write RUN/metrics.json["realworld"] and report.md.
-
-    `sets`: None for all of SET_NAMES from `data/realworld/`, some of those names, or ready sets by name
-    (e.g. small subsets in tests). The run config's test-time augmentation is used. Returns
-    {set: {"n", "accuracy", "naive_accuracy", "empty", "by_kind"[, "by_font"]}}; other keys of
-    metrics.json are kept and the report's "Real-world input" section is added or replaced. With a calibrated
-    run, also the refusals by its "not a digit" rule ("not_a_digit", "refused", "answered_accuracy", "read").
-    """
-    from digitlab.core.rundir import RunDir, load_model
-    from digitlab.evaluation.calibrate import OodRule, read_calibration
-    from digitlab.evaluation.evaluate import _read_json, pick_device
-
-    rd = (run if isinstance(run, RunDir) else RunDir(Path(run))).require()
-    say = progress or (lambda msg: None)
-    config = rd.read_config()
-    dev = pick_device(device or config.device)
-    model = load_model(rd, device=dev)
-    ood = read_calibration(rd).get("ood")
-    rule = OodRule.from_dict(ood) if isinstance(ood, dict) and "threshold" in ood else None
-    if sets is None:
-        sets = SET_NAMES
-    named = dict(sets) if isinstance(sets, Mapping) else {s: None for s in sets}
-    results: dict[str, dict[str, Any]] = {}
-    for name, ds in named.items():
-        if ds is None:
-            say(f"loading the {name} set")
-            ds = load_realworld(name)
-        say(f"scoring {len(ds):,} {name} images")
-        results[name] = score_realworld(model, ds, tta=config.tta, device=dev, rule=rule)
-    metrics = {**_read_json(rd.metrics), "realworld": results}
-    rd.write_json(rd.metrics, metrics)
-    report = rd.report.read_text() if rd.report.exists() else ""
-    rd.report.write_text(_replace_section(report, realworld_markdown(results)))
-    return results

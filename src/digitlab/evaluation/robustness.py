@@ -10,21 +10,23 @@ from typing import Any
 import numpy as np
 
 from digitlab.core.errors import ConfigError, DataError, DigitlabError
-from digitlab.core.rundir import RunDir, read_json_lenient
+from digitlab.core.formatting import pct
+from digitlab.core.rundir import RunDir
 from digitlab.data.corruptions import CORRUPTIONS, corrupt
-from digitlab.data.datasets import Split
+from digitlab.data.datasets import Split, load_dataset, load_eval_split, split_data
+from digitlab.data.preprocess import preprocess
+from digitlab.evaluation import plots
+from digitlab.evaluation.report import write_report
+from digitlab.evaluation.sections import PLOT_NAMES, suite_rows
+from digitlab.inference.predict import Predictor
 
-__all__ = ["SPLITS", "SUITE_SEEDS", "evaluate_robustness", "print_robustness", "robustness_markdown", "score_images",
-           "suite_rows", "suite_split"]  # fmt: skip
+__all__ = ["SPLITS", "SUITE_SEEDS", "evaluate_robustness", "score_images", "suite_split"]
 
 SPLITS = ("test", "val")
 # The test suite is drawn with seed 0, the validation-derived one with seed 1: recipes chosen on the
 # validation suite never saw the test suite's draws (nor its digits).
 SUITE_SEEDS = {"test": 0, "val": 1}
 METRICS_KEYS = {"test": "robustness", "val": "robustness_val"}
-PLOT_NAMES = {"test": "robustness.png", "val": "robustness-val.png"}
-HEADINGS = {"test": "Corruption robustness (MNIST-C suite, test set)",
-            "val": "Corruption robustness (MNIST-C suite, validation split)"}  # fmt: skip
 CHUNK = 500  # images per progress step
 EXAMPLE_INDEX = 0  # the digit shown under every corruption in the plot
 
@@ -33,18 +35,13 @@ Progress = Callable[[str, int, int], None]  # (stage, images done, images in all
 
 def suite_split(run: Path | RunDir, split: str = "test", limit: int | None = None) -> Split:
     """The clean images the suite corrupts: the run's official test split (the first `limit`, else the run's
-    `test_limit` when set) or its own validation split (`train.split_data` with the run's config)."""
+    `test_limit` when set) or its own validation split (`data.datasets.split_data` with the run's config)."""
     rd = (run if isinstance(run, RunDir) else RunDir(Path(run))).require()
     config = rd.read_config()
     if split == "test":
-        from digitlab.data.datasets import load_eval_split
-
         images = load_eval_split(config.data)
         limit = limit or config.test_limit
     elif split == "val":
-        from digitlab.data.datasets import load_dataset
-        from digitlab.training.loop import split_data
-
         _, images = split_data(load_dataset(config.data), config)
     else:
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
@@ -83,8 +80,6 @@ def score_images(predictor: Any, images: np.ndarray, labels: np.ndarray,
 def _score_chunk(predictor: Any, images: np.ndarray, labels: np.ndarray,
                  progress: Callable[[int], None] | None) -> tuple[np.ndarray, ...]:  # fmt: skip
     """Boolean columns (right, refused, right_pp, refused_pp, empty_pp) for one chunk of images."""
-    from digitlab.data.preprocess import preprocess
-
     logits = predictor.logits_array(images)
     rule = predictor.ood
     accepted = np.ones(len(images), bool) if rule is None else rule.accepts(logits, images)
@@ -135,8 +130,6 @@ def evaluate_robustness(
     `progress(stage, images done, images in all)` is called as it goes; `device` runs the model (the
     corruptions and `preprocess` run on the CPU).
     """
-    from digitlab.inference.predict import Predictor
-
     rd = (run if isinstance(run, RunDir) else RunDir(Path(run))).require()
     names = list(CORRUPTIONS) if corruptions is None else list(corruptions)
     unknown = [n for n in names if n not in CORRUPTIONS]
@@ -189,102 +182,12 @@ def _summary(clean: dict[str, float], scores: dict[str, dict[str, float]], **inf
 
 
 def _write(rd: RunDir, result: dict[str, Any], examples: dict[str, np.ndarray], split: str) -> None:
-    from digitlab.evaluation import plots
-    from digitlab.evaluation.evaluate import write_report
-
     where = "test set" if split == "test" else "validation split"
     title = (
         f"Corruption robustness on the {where} ({result['n']:,} images): mean over the corruptions "
-        f"{100 * result['mean_accuracy']:.2f}% raw, {100 * result['mean_accuracy_preprocessed']:.2f}% preprocessed"
+        f"{pct(result['mean_accuracy'])} raw, {pct(result['mean_accuracy_preprocessed'])} preprocessed"
     )
     plots.plot_robustness(examples, suite_rows(result), rd.plots / PLOT_NAMES[split], title)
-    metrics = {**read_json_lenient(rd.metrics), METRICS_KEYS[split]: result}
+    metrics = {**rd.read_metrics(required=False), METRICS_KEYS[split]: result}
     rd.write_json(rd.metrics, metrics)
     write_report(rd, metrics)
-
-
-# --------------------------------------------------------------------------------------------- the report
-
-
-def suite_rows(result: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """ "clean", then each corruption in the suite's order (metrics.json stores them sorted by name)."""
-    scores = result["corruptions"]
-    order = [n for n in CORRUPTIONS if n in scores] + sorted(n for n in scores if n not in CORRUPTIONS)
-    return {"clean": result["clean"], **{n: scores[n] for n in order}}
-
-
-def _ratio(error: float, clean_error: float) -> str:
-    if clean_error <= 0:
-        return "—" if error <= 0 else "∞"
-    return f"{error / clean_error:.1f}×"
-
-
-def robustness_markdown(result: dict[str, Any]) -> str:
-    """The report section: clean and each corruption, raw 28x28 and through `preprocess`, with error ratios."""
-    split = result.get("split", "test")
-    clean = result["clean"]
-    base, base_pp = 1 - clean["accuracy"], 1 - clean["accuracy_preprocessed"]
-    what = "official test images" if split == "test" else "images of the run's validation split"
-    limit = f" (the first {result['n']:,}: limit)" if result.get("limit") else ""
-    lines = [
-        f"## {HEADINGS.get(split, HEADINGS['test'])}", "",
-        f"MNIST-C's 15 corruptions (Mu & Gilmer 2019, its single severity; `digitlab.data.corruptions`, seed "
-        f"{result['seed']}) applied to {result['n']:,} {what}{limit}; test-time augmentation "
-        f"{'on' if result.get('tta') else 'off'}. *Raw*: the corrupted 28x28 straight into the model, as MNIST-C "
-        "scores it (arg-max; *refused* is the share the \"not a digit\" rule would refuse). *Preprocessed*: "
-        "through `digitlab.data.preprocess` and the calibrated predictor, as the app and API answer; a refusal "
-        "(\"empty\" or \"not a digit\") counts as not correct. *Error × clean*: the error rate over the clean "
-        "images' error rate on the same path.",
-        "",
-        f"**Mean accuracy over the {len(result['corruptions'])} corruptions (raw): "
-        f"{100 * result['mean_accuracy']:.2f}%** (clean {100 * clean['accuracy']:.2f}%; worst "
-        f"{result['worst']} {100 * result['min_accuracy']:.2f}%); preprocessed "
-        f"{100 * result['mean_accuracy_preprocessed']:.2f}%.",
-        "",
-        "| images | accuracy (raw) | error × clean | refused (raw) | accuracy (preprocessed) | error × clean "
-        "| refused (preprocessed) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
-    for name, s in suite_rows(result).items():
-        lines.append(
-            f"| {name} | {100 * s['accuracy']:.2f}% | {_ratio(1 - s['accuracy'], base)} | {100 * s['refused']:.2f}% "
-            f"| {100 * s['accuracy_preprocessed']:.2f}% | {_ratio(1 - s['accuracy_preprocessed'], base_pp)} "
-            f"| {100 * s['refused_preprocessed']:.2f}% |"
-        )
-    plot = PLOT_NAMES.get(split, PLOT_NAMES["test"])
-    lines += ["", f"![Corruption robustness](plots/{plot})"]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------------------------- command line
-
-
-def print_robustness(run: Path, console: Any, split: str = "test", limit: int | None = None) -> dict[str, Any]:
-    """`digitlab evaluate --robustness`: run the suite under a Rich progress bar, then print its table."""
-    from rich import progress as rp
-    from rich.table import Table
-
-    bar = rp.Progress(rp.TextColumn("[bold]robustness[/] {task.fields[stage]:<13}"), rp.BarColumn(),
-                      rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TextColumn("ETA"),
-                      rp.TimeRemainingColumn(), console=console, transient=True)  # fmt: skip
-    task = bar.add_task("robustness", total=None, stage="")
-    with bar:
-        result = evaluate_robustness(run, split=split, limit=limit,
-                                     progress=lambda stage, done, total: bar.update(task, completed=done, total=total,
-                                                                                    stage=stage))  # fmt: skip
-    clean = result["clean"]
-    table = Table(
-        title=f"MNIST-C corruptions ({result['n']:,} {split} images, seed {result['seed']})",
-        caption="preprocessed: digitlab.data.preprocess + calibrated predictor; refusals count as not correct",
-    )
-    for col in ("images", "raw", "error × clean", "refused", "preprocessed", "refused "):
-        table.add_column(col, justify="left" if col == "images" else "right")
-    for name, s in suite_rows(result).items():
-        table.add_row(name, f"{s['accuracy']:.2%}", _ratio(1 - s["accuracy"], 1 - clean["accuracy"]),
-                      f"{s['refused']:.2%}", f"{s['accuracy_preprocessed']:.2%}",
-                      f"{s['refused_preprocessed']:.2%}")  # fmt: skip
-    console.print(table)
-    console.print(f"[bold]mean over corruptions {result['mean_accuracy']:.2%}[/] raw, "
-                  f"{result['mean_accuracy_preprocessed']:.2%} preprocessed (clean {clean['accuracy']:.2%}; worst "
-                  f"{result['worst']} {result['min_accuracy']:.2%})", highlight=False)  # fmt: skip
-    return result

@@ -23,6 +23,13 @@ from typing import Any
 import numpy as np
 
 from digitlab.core.atomic import atomic_write_bytes
+from digitlab.core.calibration import load_calibration
+from digitlab.core.config import TrainConfig
+from digitlab.core.rundir import RunDir
+from digitlab.data.datasets import load_dataset, load_eval_split, split_data
+from digitlab.model.forward import load_model, predict_logits
+from digitlab.model.scoring import softmax
+from digitlab.model.tta import tta_logits
 
 OPSET = 17
 PARITY_IMAGES = 300  # test images for the fp32 parity check
@@ -93,7 +100,7 @@ def _quantize(fp32: Path, out: Path, images: np.ndarray, metadata: dict[str, str
         _save_with_metadata(onnx.load(str(q)), out, {**metadata, "digitlab.precision": "int8 (QDQ, static)"})
 
 
-def _metadata(rd: Any, config: Any, calibration: dict[str, Any], temperature: float) -> dict[str, str]:
+def _metadata(rd: RunDir, config: TrainConfig, ood: dict[str, Any] | None, temperature: float) -> dict[str, str]:
     import digitlab
 
     return {
@@ -103,10 +110,7 @@ def _metadata(rd: Any, config: Any, calibration: dict[str, Any], temperature: fl
         "digitlab.model": str(config.model),
         "digitlab.temperature": repr(float(temperature)),
         "digitlab.tta": json.dumps(bool(config.tta)),
-        "digitlab.ood": json.dumps(
-            calibration.get("ood")
-            and {k: calibration["ood"].get(k) for k in ("score", "threshold", "temperature", "ink_max")}
-        ),
+        "digitlab.ood": json.dumps(ood),
         "digitlab.precision": "fp32",
         "digitlab.description": "input 'image': float32 (N, 1, 28, 28) in [0, 1], white-on-black MNIST-framed "
         "digits; output 'logits' (N, 10); probabilities = softmax(logits / temperature)",
@@ -114,7 +118,7 @@ def _metadata(rd: Any, config: Any, calibration: dict[str, Any], temperature: fl
 
 
 def export_onnx(
-    run: Path | Any,
+    run: Path | RunDir,
     int8: bool = False,
     *,
     parity_n: int = PARITY_IMAGES,
@@ -128,20 +132,14 @@ def export_onnx(
     images. int8: accuracy of both on the run's test split as `evaluate_run` uses it (first `test_limit`
     images, or all of them with `full_test`), with the run's TTA. Returns the "export" entry written.
     """
-    from digitlab.core.rundir import RunDir, load_model
-    from digitlab.data.datasets import load_dataset, load_eval_split
-    from digitlab.evaluation.calibrate import read_calibration, softmax
-    from digitlab.evaluation.evaluate import predict_logits, read_temperature
-    from digitlab.inference.predict import tta_logits
-    from digitlab.training.loop import split_data
-
     say = progress or (lambda msg: None)
     rd = (run if isinstance(run, RunDir) else RunDir(Path(run))).require()
     config = rd.read_config()
     model = load_model(rd, device="cpu")
-    temperature = read_temperature(rd)
-    metadata = _metadata(rd, config, read_calibration(rd), temperature)
-    fp32_path, int8_path = rd.root / "model.onnx", rd.root / "model.int8.onnx"
+    cal = load_calibration(rd)
+    temperature = 1.0 if cal is None else cal.temperature
+    metadata = _metadata(rd, config, cal.ood if cal is not None else None, temperature)
+    fp32_path, int8_path = rd.model_file("onnx"), rd.model_file("onnx-int8")
 
     say(f"exporting {fp32_path}")
     t0 = time.perf_counter()
@@ -177,7 +175,7 @@ def export_onnx(
             test_n=len(split), tta=bool(config.tta),
         )  # fmt: skip
 
-    metrics = rd.read_metrics() if rd.metrics.exists() else {}
+    metrics = rd.read_metrics(required=False)
     if not int8 and int8_path.exists():  # an earlier int8 export of the same checkpoint stays, and its figures
         entry = {**{k: v for k, v in (metrics.get("export") or {}).items() if k not in entry}, **entry}
     rd.write_json(rd.metrics, {**metrics, "export": entry})

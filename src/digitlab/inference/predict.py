@@ -20,23 +20,28 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from digitlab.core.calibration import load_calibration
 from digitlab.core.errors import ConfigError, DigitlabError, DigitlabWarning, RunDirError
-from digitlab.core.rundir import RunDir, read_json_lenient
+from digitlab.core.jsonfile import read_json_lenient
+from digitlab.core.rundir import RunDir
 from digitlab.data.preprocess import Box, ImageSource, Preprocessed, preprocess, segment_digits
-from digitlab.evaluation.calibrate import OodRule, ink_fraction, load_calibration, logit_score, softmax
-from digitlab.model.tta import TTA_SHIFTS, shift_batch
+from digitlab.model.scoring import OodRule, rule_of, softmax
+from digitlab.model.tta import tta_logits
 
-__all__ = ["BACKENDS", "Prediction", "Predictor", "ReadDigit", "ReadResult", "tta_logits"]
+if TYPE_CHECKING:  # torch is imported only by the torch backend: ONNX serving runs without it
+    from torch import nn
+
+__all__ = ["BACKENDS", "Prediction", "Predictor", "ReadDigit", "ReadResult"]
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 BATCH_SIZE = 256
 
 
@@ -105,28 +110,6 @@ class ReadResult:
                 "digits": [d.to_dict(include_input) for d in self.digits]}  # fmt: skip
 
 
-def tta_logits(
-    forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray, tta: bool, batch_size: int = BATCH_SIZE
-) -> np.ndarray:
-    """Logits (N, 10) of uint8 (N, 28, 28) images through `forward` (float32 (B, 1, 28, 28) in [0, 1] ->
-    logits), averaged over `tta.TTA_SHIFTS` with `tta`, as `evaluate.predict_logits` does for torch."""
-    images = np.asarray(images, dtype=np.uint8)
-    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size, None].astype(np.float32)
-        x /= 255  # in place: see preprocess._to_u8 on NumPy's cost for big temporaries
-        if len(shifts) == 1:
-            out.append(np.asarray(forward(x), dtype=np.float32))
-            continue
-        batch = np.concatenate([shift_batch(x, dx, dy) for dx, dy in shifts])  # one call for all shifts
-        logits = np.asarray(forward(batch), dtype=np.float32)
-        out.append(logits.reshape(len(shifts), len(x), -1).mean(0))
-    if len(out) == 1:
-        return out[0]
-    return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
-
-
 def _is_batch(images: Any) -> bool:
     if isinstance(images, (list, tuple)):
         return True
@@ -147,8 +130,11 @@ class Predictor:
         ood: OodRule | None = None,
         info: dict[str, Any] | None = None,
         thin: bool = False,
+        module: nn.Module | None = None,
+        lock: threading.Lock | None = None,
     ) -> None:
-        """`forward` maps uint8 (N, 28, 28) MNIST-format images to logits (N, 10), TTA included."""
+        """`forward` maps uint8 (N, 28, 28) MNIST-format images to logits (N, 10), TTA included; `module` is the
+        torch model behind it (None for ONNX) and `lock` the lock `forward` holds while it runs the model."""
         if not (temperature > 0 and math.isfinite(temperature)):
             raise RunDirError(f"temperature must be a positive number, not {temperature}")
         self._forward = forward
@@ -157,6 +143,8 @@ class Predictor:
         self.temperature = float(temperature)
         self.ood = ood
         self.thin = thin
+        self._module = module
+        self._lock = lock or threading.Lock()
         self._info = {**(info or {}), "backend": backend, "temperature": self.temperature, "tta": tta,
                       "ood": None if ood is None else ood.to_dict()}  # fmt: skip
 
@@ -192,9 +180,9 @@ class Predictor:
         if tta is None:
             tta = bool(config.tta) if config is not None else False
         if backend == "torch":
-            forward, device_name = _torch_forward(rd, device, threads, tta)
+            forward, device_name, module, lock = _torch_forward(rd, device, threads, tta)
         else:
-            forward, device_name = _onnx_forward(rd, ONNX_FILES[backend], threads, tta)
+            (forward, device_name), module, lock = _onnx_forward(rd, backend, threads, tta), None, None
         temperature, ood = _calibration(rd, allow_uncalibrated)
         metrics = read_json_lenient(rd.metrics)
         info = {
@@ -207,12 +195,20 @@ class Predictor:
             "device": device_name,
             "calibrated": ood is not None,
         }
-        return cls(forward, backend=backend, tta=tta, temperature=temperature, ood=ood, info=info)
+        return cls(forward, backend=backend, tta=tta, temperature=temperature, ood=ood, info=info, module=module,
+                   lock=lock)  # fmt: skip
 
     @property
     def info(self) -> dict[str, Any]:
         """What an API's /v1/model shows: run id, preset, params, test accuracy, temperature, backend, OOD rule."""
         return dict(self._info)
+
+    @contextmanager
+    def torch_model(self) -> Iterator[nn.Module | None]:
+        """The torch module that answers (None for the ONNX backends), held: no prediction runs through it
+        meanwhile. For gradients on the very weights that answered (the demo's saliency map)."""
+        with self._lock:
+            yield self._module
 
     # ------------------------------------------------------------------------------------------- predicting
 
@@ -272,13 +268,7 @@ class Predictor:
                 d = digits[k]
                 out.append(Prediction(d, p, p[d], "ok", None, image))
                 continue
-            assert rule is not None
-            if rule.ink_max is not None and ink_fraction(image)[0] > rule.ink_max:
-                why = "more bright ink than any digit has (a picture, a filled shape or noise?)"
-            else:
-                score = float(logit_score(logits[k : k + 1], rule.score, rule.temperature)[0])
-                why = f"unlike the digits it knows ({rule.score} score {score:.3g} is below the threshold " \
-                      f"{rule.threshold:.3g})"  # fmt: skip
+            why = rule.why_refused(logits[k : k + 1], image) if rule is not None else "refused"
             out.append(Prediction(None, p, 0.0, "not_a_digit", f"not a digit: {why}", image))
         return out
 
@@ -300,7 +290,7 @@ def _calibration(rd: RunDir, allow_uncalibrated: bool) -> tuple[float, OodRule |
     """The run's temperature and "not a digit" rule; a missing one is an error unless `allow_uncalibrated`."""
     cal = load_calibration(rd)
     if cal is not None and cal.ood is not None:
-        return cal.temperature, cal.ood
+        return cal.temperature, rule_of(cal)
     if cal is None:
         what = f"{rd.root}: no calibration.json: confidences would be uncalibrated and nothing refused as not a digit"
     else:
@@ -321,11 +311,12 @@ def _empty_reason(prep: Preprocessed) -> str | None:
 # --------------------------------------------------------------------------------------------- backends
 
 
-def _torch_forward(rd: RunDir, device: str, threads: int | None, tta: bool) -> tuple[Callable, str]:
+def _torch_forward(
+    rd: RunDir, device: str, threads: int | None, tta: bool
+) -> tuple[Callable, str, nn.Module, threading.Lock]:
     import torch
 
-    from digitlab.core.rundir import load_model
-    from digitlab.evaluation.evaluate import pick_device, predict_logits
+    from digitlab.model.forward import load_model, pick_device, predict_logits
 
     if threads:
         torch.set_num_threads(threads)
@@ -337,14 +328,14 @@ def _torch_forward(rd: RunDir, device: str, threads: int | None, tta: bool) -> t
         with lock:
             return predict_logits(model, images, batch_size=BATCH_SIZE, tta=tta, device=dev)
 
-    return forward, str(dev)
+    return forward, str(dev), model, lock
 
 
-def _onnx_forward(rd: RunDir, name: str, threads: int | None, tta: bool) -> tuple[Callable, str]:
-    path = rd.root / name
+def _onnx_forward(rd: RunDir, backend: str, threads: int | None, tta: bool) -> tuple[Callable, str]:
+    path = rd.model_file(backend)
     if not path.is_file():
-        flag = " --int8" if "int8" in name else ""
-        raise RunDirError(f"no {name} in {rd.root} — run `digitlab export {rd.root} --format onnx{flag}` first")
+        flag = " --int8" if backend == "onnx-int8" else ""
+        raise RunDirError(f"no {path.name} in {rd.root} — run `digitlab export {rd.root} --format onnx{flag}` first")
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -362,7 +353,7 @@ def _onnx_forward(rd: RunDir, name: str, threads: int | None, tta: bool) -> tupl
     def run(x: np.ndarray) -> np.ndarray:  # InferenceSession.run is thread-safe
         return session.run(None, {input_name: x})[0]
 
-    return (lambda images: tta_logits(run, images, tta)), "cpu (onnxruntime)"
+    return (lambda images: tta_logits(run, images, tta, BATCH_SIZE)), "cpu (onnxruntime)"
 
 
 def _check_onnx_signature(session: Any, path: Path, rd: RunDir) -> None:

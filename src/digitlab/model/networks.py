@@ -1,8 +1,9 @@
-"""Model architectures by name: the reference `seed` CNN and our `fast` recipe's network."""
+"""Model architectures by name: the reference `seed` CNN, our `fast` recipe's network, `StridedNet`, ensembles."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -126,19 +127,60 @@ class StridedNet(nn.Module):
         return self.net(x) * self.logit_scale
 
 
-def _ensemble(**kwargs: Any) -> nn.Module:
-    from digitlab.training.ensemble import (
-        EnsembleNet,  # imported late: digitlab.training.ensemble builds its members with build_model
-    )
+class EnsembleNet(nn.Module):
+    """Several models in one module: forward(x) = (1/M) * sum_i member_i(x) / T_i.
 
-    return EnsembleNet(**kwargs)
+    `members`: one {"model": name, "model_args": {...}, "temperature": T_i} per member, T_i being the member's
+    calibrated temperature (calibration.json; 1.0 for an uncalibrated member). Input: images (N, 1, 28, 28) in
+    [0, 1], as for every model here. Output: (N, K) *logits*, the mean of the members' calibrated logits, so
+    softmax(output) is the normalised geometric mean of the members' calibrated probabilities. Downstream:
+
+    - calibration.json's temperature T (refitted for the ensemble: averaging changes how sharp logits are) divides
+      this output as for any run: probabilities = softmax(output / T);
+    - test-time augmentation averages the output over shifts as for any run; the output is linear in the members'
+      logits, so that equals the mean of the members' own TTA logits (divided by their T_i);
+    - the "not a digit" scores (energy, max logit) read the output as any run's logits: members that disagree
+      pull the mean logits flat, which lowers both scores, as it should.
+    """
+
+    # Why mean logits and not mean probabilities: everything downstream reads a run's output as logits (TTA
+    # averages them, calibration divides them by T, the energy OOD score is T * logsumexp(logits / T)). Returning
+    # log(mean of probabilities) instead would give normalised log-probabilities, whose energy is 0 for *every*
+    # input at T = 1 (and rises as they flatten for T > 1): the "not a digit" rule would silently break. Mean
+    # calibrated logits keep every consumer correct; for members of similar quality the two rules' accuracies
+    # differ by noise (geometric vs arithmetic mean of calibrated probabilities), and the refitted ensemble
+    # temperature takes care of the calibration.
+
+    def __init__(self, members: Sequence[dict[str, Any]]) -> None:
+        super().__init__()
+        if not isinstance(members, (list, tuple)) or len(members) < 2:
+            raise ConfigError("an ensemble needs a list of at least 2 members")
+        modules, temperatures = [], []
+        for m in members:
+            if not isinstance(m, dict) or "model" not in m:
+                raise ConfigError(f"an ensemble member needs a 'model' name, got {m!r}")
+            t = float(m.get("temperature", 1.0))
+            if not (t > 0 and math.isfinite(t)):
+                raise ConfigError(f"a member's temperature must be a positive number, not {t}")
+            modules.append(build_model(str(m["model"]), **dict(m.get("model_args") or {})))
+            temperatures.append(t)
+        self.members = nn.ModuleList(modules)
+        self.temperatures = tuple(temperatures)
+        # 1 / (M * T_i): constants folded into the graph (an ONNX export holds them as initializers).
+        self.weights = tuple(1.0 / (len(temperatures) * t) for t in temperatures)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.members[0](x) * self.weights[0]
+        for member, w in zip(self.members[1:], self.weights[1:], strict=True):
+            out = out + member(x) * w
+        return out  # (N, K) logits: the mean of the members' temperature-scaled logits
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed": SeedNet,
     "fast": FastNet,
     "strided": StridedNet,
-    "ensemble": _ensemble,
+    "ensemble": EnsembleNet,
 }
 
 

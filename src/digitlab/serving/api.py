@@ -59,7 +59,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitlab import __version__
+from digitlab.core.calibration import read_calibration
 from digitlab.core.errors import ConfigError, DigitlabError, ImageError, RunDirError
+from digitlab.core.rundir import RunDir
 from digitlab.data.preprocess import DEFAULT_PIXEL_LIMIT
 from digitlab.serving.errors import (
     ERROR_DOCS,
@@ -102,8 +104,6 @@ API_KEY_ENV = "DIGITLAB_API_KEY"  # the API key when the settings give none
 TTA_ENV = "DIGITLAB_TTA"  # test-time augmentation when the settings do not say: on/off (1/0, true/false) or "run"
 MiB = 1024 * 1024
 LOAD_RETRY_S = 5.0  # with wait_for_model: seconds between attempts to load a model that failed to load
-# The file each backend loads, as in digitlab.inference.predict (checked by the tests; not imported, see above).
-MODEL_FILES = {"torch": "checkpoint/best.pt", "onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 
 # Declared media types of images we decode (the decoder sniffs the bytes anyway; these only guard the door).
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif", "image/tiff")
@@ -168,14 +168,14 @@ class ApiSettings(BaseModel):
     def resolved_backend(self) -> str:
         if self.backend is not None:
             return self.backend
-        return "onnx" if (self.run / MODEL_FILES["onnx"]).is_file() else "torch"
+        return "onnx" if RunDir(self.run).model_file("onnx").is_file() else "torch"
 
     def check(self) -> None:
         """Raise RunDirError when the run or its model file for the backend is missing (fail before serving)."""
         if not self.run.is_dir():
             raise RunDirError(f"no run directory at {self.run}")
         backend = self.resolved_backend
-        needed = self.run / MODEL_FILES[backend]
+        needed = RunDir(self.run).model_file(backend)
         if not needed.is_file():
             flag = " --int8" if backend == "onnx-int8" else ""
             hint = "train it first" if backend == "torch" else f"run `digitlab export {self.run}{flag}` first"
@@ -366,8 +366,6 @@ def example_png() -> bytes:
 
 
 def _model_out(predictor: Predictor, run: Path) -> ModelOut:
-    from digitlab.evaluation.calibrate import read_calibration
-
     info = predictor.info
     try:
         cal = read_calibration(run)

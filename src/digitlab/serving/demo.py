@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
-from digitlab.core.rundir import read_json_lenient
+from digitlab.core.jsonfile import read_json_lenient
+from digitlab.core.rundir import default_run
 
 if TYPE_CHECKING:  # heavy imports stay out of module import: the script imports torch only to load the model
     from torch import nn
@@ -39,7 +39,6 @@ CSS = """<style>
 </style>"""
 
 log = logging.getLogger("digitlab.app")
-_grad_lock = threading.Lock()
 
 # --------------------------------------------------------------------------------------------- canvas pixels
 
@@ -135,9 +134,8 @@ def integrated_gradients(model: nn.Module, image: np.ndarray, target: int, steps
     alphas = torch.linspace(1 / steps, 1, steps).view(-1, 1, 1, 1)
     device = next(model.parameters()).device
     path = (alphas * x).to(device).requires_grad_(True)
-    with _grad_lock:  # one backward at a time through a model shared by every session
-        logits = model(path)[:, target]
-        (grads,) = torch.autograd.grad(logits.sum(), path)
+    logits = model(path)[:, target]  # the caller holds the model (`Predictor.torch_model`): one pass at a time
+    (grads,) = torch.autograd.grad(logits.sum(), path)
     return (x[0, 0] * grads.mean(0)[0].cpu()).detach().numpy().astype(np.float32)
 
 
@@ -291,8 +289,6 @@ def run_from_env() -> Path:
     value = os.environ.get(RUN_ENV)
     if value:
         return Path(value)
-    from digitlab.cli import default_run
-
     return default_run()
 
 
@@ -300,15 +296,11 @@ def run_from_env() -> Path:
 
 
 def _load_predictor(run: str) -> Predictor:
+    """The run's torch predictor, as the API serves it: without test-time augmentation (`digitlab serve`'s
+    default); torch, so that the saliency map has gradients of the very model that answered."""
     from digitlab.inference.predict import Predictor
 
-    return Predictor.from_run(run)
-
-
-def _load_model(run: str) -> nn.Module:
-    from digitlab.core.rundir import load_model
-
-    return load_model(Path(run))
+    return Predictor.from_run(run, tta=False)
 
 
 def render() -> None:
@@ -322,7 +314,6 @@ def render() -> None:
     try:
         run = run_from_env()
         predictor = st.cache_resource(show_spinner="loading the model…")(_load_predictor)(str(run))
-        model = st.cache_resource(show_spinner=False)(_load_model)(str(run))
     except DigitlabError as e:
         st.error(f"Cannot load the model: {e}")
         st.stop()
@@ -333,9 +324,9 @@ def render() -> None:
     draw_tab, upload_tab, model_tab = st.tabs([":material/draw: Draw", ":material/photo_camera: Upload",
                                                ":material/monitoring: Model"])  # fmt: skip
     with draw_tab:  # fragments: a stroke or an upload reruns its own tab only, not the whole page
-        st.fragment(_draw)(st, predictor, model)
+        st.fragment(_draw)(st, predictor)
     with upload_tab:
-        st.fragment(_upload)(st, predictor, model)
+        st.fragment(_upload)(st, predictor)
     with model_tab:
         _model(st, run, info)
 
@@ -357,7 +348,7 @@ def _undo(st: Any) -> None:
     st.session_state.canvas_init = {"objects": objects[:-1]} if len(objects) > 1 else None
 
 
-def _draw(st: Any, predictor: Predictor, model: nn.Module) -> None:
+def _draw(st: Any, predictor: Predictor) -> None:
     from streamlit_drawable_canvas import st_canvas
 
     # One row on a desktop; on a phone it wraps to buttons, then the slider, so the answer sits under the canvas.
@@ -390,7 +381,7 @@ def _draw(st: Any, predictor: Predictor, model: nn.Module) -> None:
             return
         pred = predictor.predict(gray)[0]
         _show_answer(st, pred)
-    _show_why(st, pred, model, start)
+    _show_why(st, pred, predictor, start)
 
 
 def _show_answer(st: Any, pred: Prediction) -> None:
@@ -411,14 +402,16 @@ def _show_answer(st: Any, pred: Prediction) -> None:
             st.caption("calibrated probabilities of the ten digits")
 
 
-def _show_why(st: Any, pred: Prediction, model: nn.Module | None, start: float | None = None) -> None:
+def _show_why(st: Any, pred: Prediction, predictor: Predictor, start: float | None = None) -> None:
     """The 28x28 image the model saw and, for a digit, the integrated-gradients saliency overlay."""
     if pred.input is None or pred.status in ("empty", "error"):
         return
     with st.container(horizontal=True, gap="small"):  # side by side, even on a phone (2 x 168 px + 16 px)
         st.image(enlarge(pred.input), caption="what the model sees (28×28)", width=28 * ZOOM)
-        if pred.status == "ok" and model is not None:
-            attribution = integrated_gradients(model, pred.input, int(pred.digit))
+        with predictor.torch_model() as model:  # no prediction runs through it meanwhile
+            attribution = None if pred.status != "ok" or model is None else \
+                integrated_gradients(model, pred.input, int(pred.digit))  # fmt: skip
+        if attribution is not None:
             st.image(saliency_overlay(pred.input, attribution), width=28 * ZOOM,
                      caption=f"why: red ink argued for {pred.digit}, blue against")  # fmt: skip
     if start is not None:
@@ -426,7 +419,7 @@ def _show_why(st: Any, pred: Prediction, model: nn.Module | None, start: float |
         st.caption(f'<span data-testid="dl-timing">answered in {ms:.0f} ms</span>', unsafe_allow_html=True)
 
 
-def _upload(st: Any, predictor: Predictor, model: nn.Module) -> None:
+def _upload(st: Any, predictor: Predictor) -> None:
     from digitlab.data.preprocess import load_image
 
     st.write("A photo or scan of one digit, or of a number written on one line.")
@@ -447,13 +440,13 @@ def _upload(st: Any, predictor: Predictor, model: nn.Module) -> None:
         if result.status == "empty":
             st.info("No digit found in that image. Try a photo with dark ink on light paper, filling the frame.")
             return
-        _show_reading(st, result, load_image(data), model)
+        _show_reading(st, result, load_image(data), predictor)
     except Exception as e:  # noqa: BLE001 (a demo must survive any file)
         log.exception("upload %r failed", getattr(up, "name", "?"))
         st.error(friendly_error(" ".join(str(e).split()) or type(e).__name__))
 
 
-def _show_reading(st: Any, result: ReadResult, image: Image.Image, model: nn.Module) -> None:
+def _show_reading(st: Any, result: ReadResult, image: Image.Image, predictor: Predictor) -> None:
     digits = [d for d in result.digits if d.status != "empty"]
     if len(digits) == 1:
         left, right = st.columns([1, 1], gap="medium")
@@ -461,7 +454,7 @@ def _show_reading(st: Any, result: ReadResult, image: Image.Image, model: nn.Mod
             st.image(draw_boxes(image, digits), caption="your image", width="stretch")
         with right:
             _show_answer(st, digits[0].prediction)
-        _show_why(st, digits[0].prediction, model)
+        _show_why(st, digits[0].prediction, predictor)
         return
     st.markdown(f'<div class="dl-number" data-testid="dl-number">{result.text}</div>', unsafe_allow_html=True)
     unsure = sum(d.status != "ok" for d in digits)

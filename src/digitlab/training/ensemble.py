@@ -1,19 +1,21 @@
 """Ensembles: several runs averaged into one run directory that everything downstream accepts.
 
-    digitlab ensemble runs/a runs/b runs/c --out runs/ensemble      # the CLI edge; `make_ensemble` underneath
+    digitlab ensemble runs/a runs/b runs/c --out runs/ensemble      # the CLI edge; the run pipeline's
+                                                                    # `make_ensemble` builds it with this module
 
 The result is an ordinary run directory (docs/run-directory.md): checkpoint/best.pt holds one `EnsembleNet` (model
 "ensemble", every member's weights in one state_dict), so `evaluate`, `calibrate`, `export` (one ONNX graph for the
 whole ensemble), `predict`, `serve` and `app` take it like any other run. How it is made, in this order:
 
-1. The members: at least two finished runs sharing their data and validation split. `train.split_data` draws both
-   the `limit` subset and the validation split from (data, limit, val_fraction, seed), so those must all be equal
-   (SPLIT_FIELDS); the shared validation split is then one that no member trained on. Members may differ in
+1. The members: at least two finished runs sharing their data and validation split. `data.datasets.split_data`
+   draws both the `limit` subset and the validation split from (data, limit, val_fraction, seed), so those must all
+   be equal (SPLIT_FIELDS); the shared validation split is then one that no member trained on. Members may differ in
    everything else (architecture, widths, learning rate, epochs, ...).
 2. The combination: the mean of the members' temperature-scaled logits (see `EnsembleNet`).
 3. On the shared validation split only: the ensemble's validation figures, then its own temperature and "not a
    digit" rule (calibration.json), refitted on its own logits.
-4. Last, the official test set, read once by `evaluate.evaluate_run` (metrics.json "test", report.md, plots).
+4. Last, the official test set, read once by `evaluation.evaluate.evaluate_run` (metrics.json "test", report.md,
+   plots). Steps 3 (calibration) and 4 are the run pipeline's (`digitlab.evaluation.pipeline.make_ensemble`).
 
 Nothing here reads the test set before step 4 and nothing is chosen on it: the members' own test accuracies are
 copied from their metrics.json into the report, as figures only. Choosing *which* runs to ensemble is the user's
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,65 +36,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from digitlab.core.calibration import read_temperature
 from digitlab.core.config import TrainConfig
 from digitlab.core.errors import ConfigError, RunDirError
-from digitlab.core.rundir import RunDir, load_checkpoint, read_json_lenient, save_weights
-from digitlab.model.networks import build_model, count_params
+from digitlab.core.jsonfile import read_json_lenient
+from digitlab.core.rundir import RunDir, load_checkpoint, save_weights
+from digitlab.data.datasets import Dataset, Split, load_dataset, split_data
+from digitlab.model.forward import device_description, pick_device, predict_logits
+from digitlab.model.networks import EnsembleNet, count_params
+from digitlab.model.scoring import fit_temperature, nll
 
-# What `train.split_data` makes the training and validation split from: members must agree on all of them.
+# What `data.datasets.split_data` makes the training and validation split from: members must agree on all of them.
 SPLIT_FIELDS = ("data", "limit", "val_fraction", "split_seed")
 
 COMBINE = "mean of the members' logits, each divided by its own calibrated temperature"
 SELECTION = "greedy forward selection on the shared validation split's log-loss (Caruana et al. 2004), no repeats"
-
-
-class EnsembleNet(nn.Module):
-    """Several models in one module: forward(x) = (1/M) * sum_i member_i(x) / T_i.
-
-    `members`: one {"model": name, "model_args": {...}, "temperature": T_i} per member, T_i being the member's
-    calibrated temperature (calibration.json; 1.0 for an uncalibrated member). Input: images (N, 1, 28, 28) in
-    [0, 1], as for every model here. Output: (N, K) *logits*, the mean of the members' calibrated logits, so
-    softmax(output) is the normalised geometric mean of the members' calibrated probabilities. Downstream:
-
-    - calibration.json's temperature T (refitted for the ensemble: averaging changes how sharp logits are) divides
-      this output as for any run: probabilities = softmax(output / T);
-    - test-time augmentation averages the output over shifts as for any run; the output is linear in the members'
-      logits, so that equals the mean of the members' own TTA logits (divided by their T_i);
-    - the "not a digit" scores (energy, max logit) read the output as any run's logits: members that disagree
-      pull the mean logits flat, which lowers both scores, as it should.
-    """
-
-    # Why mean logits and not mean probabilities: everything downstream reads a run's output as logits (TTA
-    # averages them, calibration divides them by T, the energy OOD score is T * logsumexp(logits / T)). Returning
-    # log(mean of probabilities) instead would give normalised log-probabilities, whose energy is 0 for *every*
-    # input at T = 1 (and rises as they flatten for T > 1): the "not a digit" rule would silently break. Mean
-    # calibrated logits keep every consumer correct; for members of similar quality the two rules' accuracies
-    # differ by noise (geometric vs arithmetic mean of calibrated probabilities), and the refitted ensemble
-    # temperature takes care of the calibration.
-
-    def __init__(self, members: Sequence[dict[str, Any]]) -> None:
-        super().__init__()
-        if not isinstance(members, (list, tuple)) or len(members) < 2:
-            raise ConfigError("an ensemble needs a list of at least 2 members")
-        modules, temperatures = [], []
-        for m in members:
-            if not isinstance(m, dict) or "model" not in m:
-                raise ConfigError(f"an ensemble member needs a 'model' name, got {m!r}")
-            t = float(m.get("temperature", 1.0))
-            if not (t > 0 and math.isfinite(t)):
-                raise ConfigError(f"a member's temperature must be a positive number, not {t}")
-            modules.append(build_model(str(m["model"]), **dict(m.get("model_args") or {})))
-            temperatures.append(t)
-        self.members = nn.ModuleList(modules)
-        self.temperatures = tuple(temperatures)
-        # 1 / (M * T_i): constants folded into the graph (an ONNX export holds them as initializers).
-        self.weights = tuple(1.0 / (len(temperatures) * t) for t in temperatures)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.members[0](x) * self.weights[0]
-        for member, w in zip(self.members[1:], self.weights[1:], strict=True):
-            out = out + member(x) * w
-        return out  # (N, K) logits: the mean of the members' temperature-scaled logits
 
 
 # --------------------------------------------------------------------------------------------- members
@@ -117,7 +74,7 @@ class Member:
 
 
 def split_key(config: TrainConfig) -> dict[str, Any]:
-    """The config fields the training/validation split is made from (see `train.split_data`)."""
+    """The config fields the training/validation split is made from (see `data.datasets.split_data`)."""
     key = {f: getattr(config, f) for f in SPLIT_FIELDS}
     key["split_seed"] = config.effective_split_seed
     return key
@@ -125,8 +82,6 @@ def split_key(config: TrainConfig) -> dict[str, Any]:
 
 def load_members(runs: Sequence[Path | str]) -> list[Member]:
     """Check and load the member runs: >= 2 distinct finished runs sharing data and validation split."""
-    from digitlab.evaluation.evaluate import read_temperature
-
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
         raise ConfigError(f"an ensemble needs at least 2 runs, got {len(runs)}")
@@ -172,7 +127,7 @@ def select_members(
     *,
     tta: bool | None = None,
     device: str | None = None,
-    dataset: Any = None,
+    dataset: Dataset | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Path], dict[str, Any]]:
     """Choose up to `max_members` of `runs` on their shared validation split alone: greedy forward selection.
@@ -184,11 +139,6 @@ def select_members(
     Returns the chosen runs in the order taken, and the record `make_ensemble(selection=...)` keeps in
     metrics.json: method, `max_members`, candidates and one row per step. The test set is not read.
     """
-    from digitlab.data.datasets import load_dataset
-    from digitlab.evaluation.calibrate import fit_temperature, nll
-    from digitlab.evaluation.evaluate import pick_device, predict_logits
-    from digitlab.training.loop import split_data
-
     if max_members < 2:
         raise ConfigError(f"an ensemble needs at least 2 members: --select must be 2 or more, not {max_members}")
     say = progress or (lambda msg: None)
@@ -261,33 +211,32 @@ def _member_row(m: Member) -> dict[str, Any]:
     }
 
 
-def make_ensemble(
+@dataclass(frozen=True)
+class EnsembleRun:
+    """A new ensemble run directory before calibration (`digitlab.evaluation.pipeline.make_ensemble` goes on)."""
+
+    rd: RunDir
+    config: TrainConfig
+    model: EnsembleNet  # on `device`, in eval mode
+    val: Split  # the members' shared validation split
+    val_logits: np.ndarray  # the ensemble's logits on `val`, with its TTA
+    device: torch.device
+    metrics: dict[str, Any]  # metrics.json as written: the members' and the ensemble's validation figures
+
+
+def build_ensemble_run(
     runs: Sequence[Path | str],
     out: Path | str,
     *,
     tta: bool | None = None,
     device: str | None = None,
-    dataset: Any = None,
-    sizes: dict[str, int] | None = None,
-    evaluate_test: bool = True,
+    dataset: Dataset | None = None,
     progress: Callable[[str], None] | None = None,
     selection: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Average `runs` into the new run directory `out`; returns its metrics.json.
-
-    `selection`: how the runs were chosen (the record `select_members` returns), kept in metrics.json.
-
-    `tta`: test-time augmentation for the ensemble (None: on when any member used it). `dataset`: the members'
-    dataset already loaded (tests), else loaded from their config. `sizes`: the out-of-distribution fitting sets
-    (default as at the end of training). With `evaluate_test` (default) the official test set is read last, once.
-    """
-    from digitlab.data.datasets import load_dataset
-    from digitlab.evaluation.calibrate import calibrate_split, nll
-    from digitlab.evaluation.evaluate import evaluate_run, pick_device, predict_logits
-    from digitlab.training.loop import device_description, split_data
-
+) -> EnsembleRun:
+    """Average `runs` into the new run directory `out`: config.json, checkpoint/best.pt and metrics.json with the
+    validation figures; the test set is not read. Arguments as for `digitlab.evaluation.pipeline.make_ensemble`."""
     say = progress or (lambda msg: None)
-    t0 = time.perf_counter()
     rd = RunDir(Path(out))
     if rd.config.exists() or rd.best.exists() or rd.metrics.exists():
         raise RunDirError(f"{rd.root} already holds a run; choose a new --out")
@@ -295,13 +244,11 @@ def make_ensemble(
     members = load_members(runs)
     config = _ensemble_config(members, tta, device)
     model = build_ensemble(members)
-
     say(f"re-making the shared validation split of {config.data}")
     _, val = split_data(dataset if dataset is not None else load_dataset(config.data), config)
     if len(val) == 0:
         raise ConfigError("the members have no validation split (val_fraction 0): nothing to calibrate the "
                           "ensemble on without touching the test set")  # fmt: skip
-
     rd.root.mkdir(parents=True, exist_ok=True)
     doc = json.loads(config.to_json())
     specs = [{"run": str(m.rd.root.resolve()), "temperature": m.temperature, "config": asdict(m.config)} for m in
@@ -309,15 +256,22 @@ def make_ensemble(
     doc["ensemble"] = {"combine": COMBINE, "members": specs, "validation_split": {**split_key(config), "n": len(val)}}
     rd.write_json(rd.config, doc)
     save_weights(rd.best, model, config, members=[str(m.rd.root.resolve()) for m in members])
-
     dev = pick_device(config.device)
     model = model.to(dev)
     say(f"predicting {len(val):,} validation images" + (" with test-time augmentation" if config.tta else ""))
     val_logits = predict_logits(model, val.images, tta=config.tta, device=dev)
-    accuracy = float(np.mean(val_logits.argmax(1) == val.labels))
+    metrics = _ensemble_metrics(config, model, members, val, val_logits, dev, selection)
+    rd.write_json(rd.metrics, metrics)
+    return EnsembleRun(rd, config, model, val, val_logits, dev, metrics)
+
+
+def _ensemble_metrics(config: TrainConfig, model: nn.Module, members: Sequence[Member], val: Split,
+                      val_logits: np.ndarray, device: torch.device,
+                      selection: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
     rows = [_member_row(m) for m in members]
     seconds = [r["train_seconds"] for r in rows]
-    metrics = {
+    accuracy = float(np.mean(val_logits.argmax(1) == val.labels))
+    return {
         "preset": config.preset,
         "model": config.model,
         "seed": config.seed,
@@ -334,61 +288,6 @@ def make_ensemble(
             **({"selection": selection} if selection else {}),
         },
         "torch": torch.__version__,
-        "device": device_description(dev),
+        "device": device_description(device),
         "threads": torch.get_num_threads(),
     }
-    rd.write_json(rd.metrics, metrics)
-
-    say("fitting the ensemble's temperature and out-of-distribution threshold on the validation split")
-    calibrate_split(rd, model, val, val_logits, config, dev, sizes)
-    metrics["ensemble"]["build_seconds"] = round(time.perf_counter() - t0, 3)
-    rd.write_json(rd.metrics, metrics)
-    if evaluate_test:
-        say("evaluating on the official test set (read once, now)")
-        metrics = evaluate_run(rd, device=str(dev))
-    return metrics
-
-
-# --------------------------------------------------------------------------------------------- the report
-
-
-def _pct(x: Any) -> str:
-    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "—"
-
-
-def ensemble_markdown(metrics: dict[str, Any]) -> str:
-    """The report's "Ensemble" section from metrics.json (members' figures next to the ensemble's)."""
-    members = metrics.get("members") or []
-    val = metrics.get("val") or {}
-    test = metrics.get("test") or {}
-    lines = [
-        "## Ensemble", "",
-        f"The mean of {len(members)} runs' calibrated logits: probabilities = softmax((1/M) Σᵢ zᵢ/Tᵢ / T), each "
-        "member's logits zᵢ divided by its own temperature Tᵢ, then by the ensemble's temperature T (refitted on "
-        "the validation split, with the \"not a digit\" rule).", "",
-        "| member | model | parameters | training s | Tᵢ | validation accuracy | test accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
-    for r in members:
-        params = f"{r['params']:,}" if isinstance(r.get("params"), int) else "—"
-        secs = f"{r['train_seconds']:,.1f}" if isinstance(r.get("train_seconds"), (int, float)) else "—"
-        lines.append(f"| `{Path(r['run']).name}` | {r['model']} | {params} | {secs} | {r['temperature']:.3g} | "
-                     f"{_pct(r.get('val_accuracy'))} | {_pct(r.get('test_accuracy'))} |")  # fmt: skip
-    params, secs = metrics.get("params"), metrics.get("train_seconds")
-    lines += [
-        f"| **ensemble** | ensemble | {f'{params:,}' if isinstance(params, int) else '—'} | "
-        f"{f'{secs:,.1f}' if isinstance(secs, (int, float)) else '—'} | — | {_pct(val.get('accuracy'))} | "
-        f"**{_pct(test.get('accuracy'))}** |",
-        "",
-        f"All figures but the test column are on the members' shared validation split ({val.get('n', '—')} "
-        "images). The members are to be chosen on validation accuracy alone and the ensemble was built and "
-        "calibrated without reading the test set; each member's test accuracy is copied from its own "
-        "metrics.json for comparison and chose nothing. Parameters and training time are the members' sums.",
-    ]
-    selection = (metrics.get("ensemble") or {}).get("selection")
-    if selection:
-        taken = ", ".join(f"`{Path(st['added']).name}` ({st['val_loss']:.4f})" for st in selection["steps"])
-        lines += ["", f"The members were chosen from {len(selection['candidates'])} runs by {selection['method']}, "
-                      f"at most {selection['max_members']}; taken in this order (validation log-loss after each): "
-                      f"{taken}."]  # fmt: skip
-    return "\n".join(lines) + "\n"

@@ -1,18 +1,18 @@
 """Training: the loop, validation, checkpoints, resume, and clean stops on Ctrl-C / SIGTERM.
 
-    digitlab train --preset fast --out runs/fast        # the CLI edge; this module is the library underneath
+    digitlab train --preset fast --out runs/fast        # the CLI edge; `digitlab.evaluation.pipeline.train`
+                                                        # runs this loop, then calibrates and evaluates
 
 The loop is pytorch/examples' canonical one with the reference's callbacks: reduce-on-plateau (or one-cycle),
 early stopping that restores the best weights, best-checkpoint saving. A stop request (signal) is honoured after
 the current step: `checkpoint/last.pt` then holds everything needed to continue bit-for-bit on CPU. After the
-last step (validation, calibration, test evaluation, plots) a stop is immediate, and `resume` redoes that part.
-The saved state lives in `digitlab.training.checkpointing`, the signal handling in `digitlab.training.stopping`.
+last step (validation, and what `after` does: calibration, test evaluation, plots, export) a stop is immediate,
+and `resume` redoes that part. The saved state lives in `digitlab.training.checkpointing`, the signal handling
+in `digitlab.training.stopping`.
 """
 
 from __future__ import annotations
 
-import platform
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,10 +29,10 @@ from torch.utils.data import DistributedSampler
 
 from digitlab.core.config import TrainConfig
 from digitlab.core.errors import ConfigError, RunDirError, StorageError
-from digitlab.core.hardware import CpuInfo, PrecisionChoice, choose_precision, cpu_info
+from digitlab.core.hardware import cpu_info
 from digitlab.core.rundir import RunDir, save_weights
-from digitlab.data.datasets import Dataset, Split, load_dataset, stratified_split
-from digitlab.evaluation.evaluate import pick_device, predict_logits, to_tensor
+from digitlab.data.datasets import Dataset, Split, load_dataset, split_data
+from digitlab.model.forward import device_description, load_model, pick_device, predict_logits, to_tensor
 from digitlab.model.networks import build_model, count_params
 from digitlab.training.augment import random_affine, thicken_strokes
 from digitlab.training.checkpointing import (
@@ -47,9 +47,10 @@ from digitlab.training.checkpointing import (
 )
 from digitlab.training.distributed import Dist, init_distributed, shutdown
 from digitlab.training.noise_augment import corruption_augment
+from digitlab.training.optim import ema_update, make_optimizer, make_scheduler, precision_choice, seed_everything
 from digitlab.training.stopping import Interrupted, StopRequest, stop_on_signals
 
-__all__ = ["Interrupted", "Reporter", "TrainResult", "finish_run", "split_data", "train"]
+__all__ = ["Finished", "Interrupted", "Reporter", "TrainResult", "run_training"]
 
 
 class Reporter(Protocol):
@@ -68,96 +69,24 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def precision_choice(precision: str, device: torch.device, cpu: CpuInfo) -> PrecisionChoice:
-    """What `precision` ("fp32" | "auto") means on `device`, and why (printed by the CLI, kept in metrics.json)."""
-    if precision not in ("fp32", "auto"):
-        raise ConfigError(f"unknown precision {precision!r}; choose fp32 or auto")
-    bf16 = device.type == "cpu" and precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return choose_precision(precision, device.type, cpu, bf16)
+@dataclass(frozen=True)
+class Finished:
+    """A trained run, handed to what comes after training (`run_training(after=...)`: the run pipeline)."""
+
+    rd: RunDir
+    config: TrainConfig
+    model: nn.Module  # the best checkpoint, loaded back, in eval mode on `device`
+    val: Split
+    val_logits: np.ndarray | None  # the model's logits on `val` (with the run's TTA); None when `val` is empty
+    device: torch.device
+    metrics: dict[str, Any]  # metrics.json as written: the training and validation figures
+    check: Callable[[], None]  # raises Interrupted when a stop was requested: call it between steps
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+After = Callable[[Finished], dict[str, Any]]
 
 
-def split_data(ds: Dataset, config: TrainConfig) -> tuple[Split, Split]:
-    """(train, val): an optional seeded stratified subset (`limit`), then the stratified validation split."""
-    train = ds.train
-    if train.labels is None:
-        raise ConfigError(f"{ds.source}: training data has no labels")
-    if config.limit is not None and config.limit < len(train):
-        keep, _ = stratified_split(train.labels, 1 - config.limit / len(train), config.effective_split_seed)
-        train = train.subset(keep)
-    tr, va = stratified_split(train.labels, config.val_fraction, config.effective_split_seed)
-    return train.subset(tr), train.subset(va)
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        # No weight decay on BatchNorm parameters and biases: decaying them only fights the normalisation.
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        groups = [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0},
-        ]
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose adam or sgd")
-
-
-def make_scheduler(opt: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Any:
-    if config.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt,
-            mode="min",
-            factor=config.plateau_factor,
-            patience=config.plateau_patience,
-            min_lr=config.min_lr,
-        )
-    if config.schedule == "onecycle":
-        # Linear warm-up from lr/10 to lr, then linear decay to 0 (a hand-written LambdaLR: torch's OneCycleLR
-        # goes negative at the end of very short runs).
-        total, warm = (
-            config.epochs * steps_per_epoch,
-            max(1, round(config.warmup_frac * config.epochs * steps_per_epoch)),
-        )
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return 0.1 + 0.9 * step / warm
-            return max(0.0, (total - step) / max(1, total - warm))
-
-        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    raise ConfigError(f"unknown schedule {config.schedule!r}; choose plateau or onecycle")
-
-
-def ema_update(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """EMA step for `AveragedModel` with a warm-up: the decay ramps as (1+n)/(10+n) up to `decay`, so that the
-    average forgets the random initial weights within a short run too."""
-
-    def update(avg: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1 + int(n)) / (10 + int(n)))
-        return avg * d + current * (1 - d)
-
-    return update
-
-
-def _evaluate_split(
-    model: nn.Module, split: Split, device: torch.device, tta: bool = False
-) -> tuple[dict[str, float], torch.Tensor]:
-    """Loss and accuracy on a labelled split, and the logits they came from."""
-    logits = torch.from_numpy(predict_logits(model, split.images, tta=tta, device=device))
-    labels = torch.from_numpy(split.labels)
-    loss = F.cross_entropy(logits, labels).item()
-    acc = (logits.argmax(1) == labels).float().mean().item()
-    return {"loss": loss, "accuracy": acc}, logits
-
-
-def train(
+def run_training(
     config: TrainConfig | None,
     out: Path,
     *,
@@ -165,17 +94,18 @@ def train(
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] | None = None,
     dataset: Dataset | None = None,
-    evaluate_test: bool = True,
+    after: After | None = None,
 ) -> TrainResult:
     """Train `config` into run directory `out`; with `resume`, continue from `out/checkpoint/last.pt`
     (the config is then read from the run directory and `config` may be None).
 
-    Raises `Interrupted` after saving `last.pt` when `should_stop()` turns true or SIGINT/SIGTERM arrives, in
-    the loop or after it (validation, calibration, test evaluation and plots are then redone by `resume`).
+    Writes checkpoint/best.pt, history.csv and metrics.json (training and validation figures), then calls
+    `after` (rank 0 only) with the `Finished` run; its return value is the result's metrics. Raises
+    `Interrupted` after saving `last.pt` when `should_stop()` turns true or SIGINT/SIGTERM arrives, in the loop
+    or after it (validation and `after` are then redone by `resume`).
     """
     with stop_on_signals(should_stop) as stop:
-        return _train(config, out, resume=resume, reporter=reporter, should_stop=stop, dataset=dataset,
-                      evaluate_test=evaluate_test)  # fmt: skip
+        return _train(config, out, resume=resume, reporter=reporter, stop=stop, dataset=dataset, after=after)
 
 
 def _train(
@@ -184,9 +114,9 @@ def _train(
     *,
     resume: bool,
     reporter: Reporter | None,
-    should_stop: StopRequest,
+    stop: StopRequest,
     dataset: Dataset | None,
-    evaluate_test: bool,
+    after: After | None,
 ) -> TrainResult:
     rd = RunDir(Path(out))
     if resume:
@@ -197,7 +127,7 @@ def _train(
             raise RunDirError(f"nothing to resume in {rd.root} ({why})")
         config = rd.read_config()
     elif config is None:
-        raise ConfigError("train() needs a config unless resuming")
+        raise ConfigError("run_training() needs a config unless resuming")
     elif rd.metrics.exists() or rd.last.exists():
         raise RunDirError(f"{rd.root} already holds a run; choose a new --out or use --resume")
     if config.threads:
@@ -205,8 +135,10 @@ def _train(
     device = pick_device(config.device)
     dd = init_distributed(use_cuda=device.type == "cuda")
     try:
-        return _fit(config, rd, dd, device, resume, reporter if dd.is_main else None, should_stop, dataset,
-                    evaluate_test)  # fmt: skip
+        s = _start(config, rd, dd, device, resume, reporter if dd.is_main else None, stop, dataset)
+        while not s.state.done and s.state.epoch < config.epochs:
+            _epoch(s, s.state.epoch + 1)
+        return _end(s, after)
     except StorageError as e:
         if rd.last.exists():  # every write is atomic: the last checkpoint is whole, whatever failed to be written
             raise StorageError(f"{e}; the run can continue from its last checkpoint: "
@@ -216,34 +148,87 @@ def _train(
         shutdown(dd)
 
 
-def _fit(
-    config: TrainConfig,
-    rd: RunDir,
-    dd: Dist,
-    device: torch.device,
-    resume: bool,
-    reporter: Reporter | None,
-    stop: StopRequest,
-    dataset: Dataset | None,
-    evaluate_test: bool,
-) -> TrainResult:
+# --------------------------------------------------------------------------------------------- setting up
+
+
+@dataclass
+class _Session:
+    """One rank's training run: its data on the device, the model and its optimiser state, where it writes."""
+
+    config: TrainConfig
+    rd: RunDir
+    dd: Dist
+    device: torch.device
+    reporter: Reporter | None
+    stop: StopRequest
+    batch: int  # per rank; the global batch (and so the lr) is the config's
+    x_all: torch.Tensor  # the whole training split as one tensor: no DataLoader
+    y_all: torch.Tensor
+    sampler: DistributedSampler
+    steps_per_epoch: int
+    val_split: Split
+    model: nn.Module  # the plain module; `net` wraps it (DDP, torch.compile) for the training steps
+    net: nn.Module
+    channels_last: bool
+    ema: AveragedModel | None
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    gen: torch.Generator  # shuffling + augmentation
+    hardware: dict[str, str]  # the CPU and the precision, said once and kept in metrics.json
+    state: TrainState = field(default_factory=TrainState)
+
+    @property
+    def final(self) -> nn.Module:
+        """The weights that are validated and kept: the EMA copy when there is one (the raw weights only train)."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def aug_gen(self) -> torch.Generator | None:
+        return self.gen if self.device.type == "cpu" else None  # a CPU generator cannot drive CUDA draws
+
+
+def _start(config: TrainConfig, rd: RunDir, dd: Dist, device: torch.device, resume: bool,
+           reporter: Reporter | None, stop: StopRequest, dataset: Dataset | None) -> _Session:  # fmt: skip
+    """Everything the epochs need, in an order that makes a resumed run continue bit for bit."""
     if dd.enabled and device.type == "cuda":
         device = torch.device("cuda", dd.local_rank)
     if config.batch_size % dd.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} is the global batch: it must divide by {dd.world_size}")
-    batch = config.batch_size // dd.world_size  # per rank; the global batch (and so the lr) is unchanged
     saved = load_last(rd, device) if resume else None  # before the data: a broken checkpoint fails at once
     seed_everything(config.seed)  # the same on every rank: identical initial weights
-
-    ds = dataset if dataset is not None else load_dataset(config.data)
-    train_split, val_split = split_data(ds, config)
-    x_all = to_tensor(train_split.images).to(device)  # the whole training set as one tensor: no DataLoader
-    y_all = torch.from_numpy(train_split.labels).to(device)
-    n = len(x_all)
+    train_split, val_split = split_data(dataset if dataset is not None else load_dataset(config.data), config)
+    x_all = to_tensor(train_split.images).to(device)
+    n, batch = len(x_all), config.batch_size // dd.world_size
     sampler = DistributedSampler(range(n), dd.world_size, dd.rank, shuffle=True, seed=config.seed, drop_last=True)
-    per_rank = len(sampler) if dd.enabled else n
-    steps_per_epoch = max(1, per_rank // batch)  # drop the ragged last batch: same shapes every step
+    steps_per_epoch = max(1, (len(sampler) if dd.enabled else n) // batch)  # no ragged last batch: same shapes
+    model, net, channels_last = _build_model(config, dd, device)
+    ema = AveragedModel(model, avg_fn=ema_update(config.ema), use_buffers=True) if config.ema else None
+    opt = make_optimizer(model, config)
+    sched = make_scheduler(opt, config, steps_per_epoch)
+    cpu = cpu_info()
+    precision = precision_choice(config.precision, device, cpu)
+    amp_dtype = None if precision.dtype is None else getattr(torch, precision.dtype)
+    hardware = {"cpu": cpu.describe(), "precision": precision.line()}
+    if reporter:
+        reporter.note("; ".join(hardware.values()))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * dd.rank)
+    if dd.enabled:
+        torch.manual_seed(config.seed + dd.rank)  # per-rank dropout streams
+    s = _Session(config, rd, dd, device, reporter, stop, batch, x_all, torch.from_numpy(train_split.labels).to(device),
+                 sampler, steps_per_epoch, val_split, model, net, channels_last, ema, opt, sched, scaler, amp_dtype,
+                 gen, hardware)  # fmt: skip
+    if saved is not None:
+        restore(rd, saved, model, opt, sched, scaler, ema, s.state, gen, dd)
+    elif dd.is_main:
+        start_fresh(rd, config)
+    return s
 
+
+def _build_model(config: TrainConfig, dd: Dist, device: torch.device) -> tuple[nn.Module, nn.Module, bool]:
+    """(the model, what the training steps call, channels_last): memory format, SyncBN, DDP and compile applied."""
     model = build_model(config.model, **config.model_args).to(device)
     channels_last = config.channels_last
     if channels_last is None:  # measured on CPU: FastNet +30%, StridedNet +2% (bench/train_options.py for others)
@@ -256,207 +241,197 @@ def _fit(
         else model  # fmt: skip
     if config.compile:
         net = torch.compile(net)  # training steps only: evaluation runs the plain module (same parameters)
-    # The EMA copy is what gets validated and saved; the raw weights only train (and are scored once, at the end).
-    ema = AveragedModel(model, avg_fn=ema_update(config.ema), use_buffers=True) if config.ema else None
-    opt = make_optimizer(model, config)
-    sched = make_scheduler(opt, config, steps_per_epoch)
-    cpu = cpu_info()
-    precision = precision_choice(config.precision, device, cpu)
-    amp_dtype = None if precision.dtype is None else getattr(torch, precision.dtype)
-    hardware = {"cpu": cpu.describe(), "precision": precision.line()}  # said once, kept in metrics.json
-    if reporter:
-        reporter.note("; ".join(hardware.values()))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    gen = torch.Generator(device="cpu").manual_seed(config.seed + 1000 * dd.rank)  # shuffling + augmentation
-    if dd.enabled:
-        torch.manual_seed(config.seed + dd.rank)  # per-rank dropout streams
-    state = TrainState()
+    return model, net, bool(channels_last)
 
-    if saved is not None:
-        restore(rd, saved, model, opt, sched, scaler, ema, state, gen, dd)
-    elif dd.is_main:
-        start_fresh(rd, config)
 
-    def checkpoint() -> None:
-        states = dd.gather(rng_states(gen))
-        if dd.is_main:
-            save_last(rd, model, opt, sched, scaler, ema, state, states, config)
-            write_history(rd.history, state.history)  # after last.pt: never ahead of the checkpoint
-        dd.barrier()
+# --------------------------------------------------------------------------------------------- an epoch
 
-    final = ema.module if ema is not None else model  # the weights that are validated and kept
-    aug_gen = gen if device.type == "cpu" else None  # a CPU generator cannot drive CUDA draws
-    while not state.done and state.epoch < config.epochs:
-        epoch = state.epoch + 1
-        if state.perm is None:
-            if dd.enabled:
-                sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch, disjoint shards per rank
-                state.perm = torch.tensor(list(sampler))
-            else:
-                state.perm = torch.randperm(n, generator=gen)
-        if reporter:
-            reporter.start_epoch(epoch, config.epochs, steps_per_epoch, state.step)
-        net.train()
-        t0 = time.perf_counter()
-        while state.step < steps_per_epoch:
-            idx = state.perm[state.step * batch : (state.step + 1) * batch].to(device)
-            x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate, aug_gen, config.elastic,
-                              config.elastic_sigma)  # fmt: skip
-            x = thicken_strokes(x, config.thicken, aug_gen)
-            x = corruption_augment(x, config.corrupt, config.corrupt_ops, aug_gen)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = y_all[idx]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(model)
-            if config.schedule == "onecycle":
-                sched.step()
-            state.step += 1
-            batch_loss = loss.item()
-            correct = (logits.argmax(1) == y).sum().item()
-            state.epoch_loss += batch_loss * len(y)
-            state.epoch_correct += correct
-            state.epoch_seen += len(y)
-            if reporter:
-                reporter.step(batch_loss, correct / len(y), opt.param_groups[0]["lr"])
-            if dd.any(stop()) and state.step < steps_per_epoch:
-                state.train_seconds += time.perf_counter() - t0
-                checkpoint()
-                raise Interrupted(str(rd.root))
 
-        loss_sum, correct_sum, seen = dd.all_sum([state.epoch_loss, state.epoch_correct, state.epoch_seen])
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct_sum / max(seen, 1),
-            "lr": opt.param_groups[0]["lr"],
-        }
-        validate = len(val_split) > 0 and (epoch % config.eval_every == 0 or epoch == config.epochs)
-        improved = False
-        if validate:
-            # Rank 0 validates and broadcasts, so every rank takes the same scheduler/early-stopping decisions.
-            val = _evaluate_split(final, val_split, device)[0] if dd.is_main else {"loss": 0.0, "accuracy": 0.0}
-            val["loss"], val["accuracy"] = dd.broadcast([val["loss"], val["accuracy"]])
-            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-            if config.schedule == "plateau":
-                sched.step(val["loss"])
-            improved = val["loss"] < state.best_loss
-            if improved:
-                state.best_loss, state.best_epoch, state.bad_epochs = val["loss"], epoch, 0
-            else:
-                state.bad_epochs += 1
-        elif len(val_split) == 0:
-            improved, state.best_epoch = True, epoch  # nothing to choose on: the last epoch is the model
-        state.train_seconds += time.perf_counter() - t0
-        row["seconds"] = round(state.train_seconds, 3)
-        if improved and dd.is_main:
-            save_weights(rd.best, final, config, epoch=epoch, val=row.get("val_accuracy"))
-        state.history.append(row)
-        state.epoch, state.step, state.perm = epoch, 0, None
-        state.epoch_loss, state.epoch_correct, state.epoch_seen = 0.0, 0, 0
-        patience = config.early_stop_patience
-        state.done = epoch >= config.epochs or (patience is not None and state.bad_epochs >= patience)
-        checkpoint()  # with `done` set, a resume goes straight to finishing
-        if reporter:
-            reporter.end_epoch(row)
-        if dd.any(stop()):
-            raise Interrupted(str(rd.root), finishing=state.done)
+def _epoch(s: _Session, epoch: int) -> None:
+    """Train one epoch (or its rest, after a resume), validate when due, keep the best weights, checkpoint."""
+    state, dd = s.state, s.dd
+    if state.perm is None:
+        if dd.enabled:
+            s.sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch, disjoint shards per rank
+            state.perm = torch.tensor(list(s.sampler))
+        else:
+            state.perm = torch.randperm(len(s.x_all), generator=s.gen)
+    if s.reporter:
+        s.reporter.start_epoch(epoch, s.config.epochs, s.steps_per_epoch, state.step)
+    s.net.train()
+    t0 = time.perf_counter()
+    while state.step < s.steps_per_epoch:
+        _step(s)
+        if dd.any(s.stop()) and state.step < s.steps_per_epoch:
+            state.train_seconds += time.perf_counter() - t0
+            _checkpoint(s)
+            raise Interrupted(str(s.rd.root))
+    row = _epoch_row(s, epoch)
+    improved = _validate(s, epoch, row)
+    state.train_seconds += time.perf_counter() - t0
+    row["seconds"] = round(state.train_seconds, 3)
+    if improved and dd.is_main:
+        save_weights(s.rd.best, s.final, s.config, epoch=epoch, val=row.get("val_accuracy"))
+    state.history.append(row)
+    state.epoch, state.step, state.perm = epoch, 0, None
+    state.epoch_loss, state.epoch_correct, state.epoch_seen = 0.0, 0, 0
+    patience = s.config.early_stop_patience
+    state.done = epoch >= s.config.epochs or (patience is not None and state.bad_epochs >= patience)
+    _checkpoint(s)  # with `done` set, a resume goes straight to finishing
+    if s.reporter:
+        s.reporter.end_epoch(row)
+    if dd.any(s.stop()):
+        raise Interrupted(str(s.rd.root), finishing=state.done)
 
-    identical = dd.same_weights(model)
+
+def _batch(s: _Session) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next training batch (images, labels), augmented as the config says."""
+    c, state = s.config, s.state
+    idx = state.perm[state.step * s.batch : (state.step + 1) * s.batch].to(s.device)
+    x = random_affine(s.x_all[idx], c.rotate, c.zoom, c.translate, s.aug_gen, c.elastic, c.elastic_sigma)
+    x = thicken_strokes(x, c.thicken, s.aug_gen)
+    x = corruption_augment(x, c.corrupt, c.corrupt_ops, s.aug_gen)
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, s.y_all[idx]
+
+
+def _step(s: _Session) -> None:
+    """One optimiser step on the next batch; its loss and accuracy go into the epoch's running sums."""
+    x, y = _batch(s)
+    with torch.autocast(s.device.type, dtype=s.amp_dtype, enabled=s.amp_dtype is not None):
+        logits = s.net(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=s.config.label_smoothing)
+    s.opt.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    s.scaler.step(s.opt)
+    s.scaler.update()
+    if s.ema is not None:
+        s.ema.update_parameters(s.model)
+    if s.config.schedule == "onecycle":
+        s.sched.step()
+    state = s.state
+    state.step += 1
+    batch_loss = loss.item()
+    correct = (logits.argmax(1) == y).sum().item()
+    state.epoch_loss += batch_loss * len(y)
+    state.epoch_correct += correct
+    state.epoch_seen += len(y)
+    if s.reporter:
+        s.reporter.step(batch_loss, correct / len(y), s.opt.param_groups[0]["lr"])
+
+
+def _epoch_row(s: _Session, epoch: int) -> dict[str, Any]:
+    """history.csv's row for the epoch: the training loss and accuracy summed over the ranks, and the lr."""
+    loss_sum, correct_sum, seen = s.dd.all_sum([s.state.epoch_loss, s.state.epoch_correct, s.state.epoch_seen])
+    return {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct_sum / max(seen, 1),
+            "lr": s.opt.param_groups[0]["lr"]}  # fmt: skip
+
+
+def _validate(s: _Session, epoch: int, row: dict[str, Any]) -> bool:
+    """Validate when due, step the plateau schedule, count epochs without improvement: True when these weights
+    are the best so far (always, without a validation split: the last epoch is the model)."""
+    c, state, dd = s.config, s.state, s.dd
+    if len(s.val_split) == 0:
+        state.best_epoch = epoch
+        return True
+    if not (epoch % c.eval_every == 0 or epoch == c.epochs):
+        return False
+    # Rank 0 validates and broadcasts, so every rank takes the same scheduler/early-stopping decisions.
+    val = _evaluate_split(s.final, s.val_split, s.device)[0] if dd.is_main else {"loss": 0.0, "accuracy": 0.0}
+    val["loss"], val["accuracy"] = dd.broadcast([val["loss"], val["accuracy"]])
+    row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+    if c.schedule == "plateau":
+        s.sched.step(val["loss"])
+    if val["loss"] < state.best_loss:
+        state.best_loss, state.best_epoch, state.bad_epochs = val["loss"], epoch, 0
+        return True
+    state.bad_epochs += 1
+    return False
+
+
+def _checkpoint(s: _Session) -> None:
+    """last.pt and history.csv (rank 0, with every rank's RNG states), then all ranks meet."""
+    states = s.dd.gather(rng_states(s.gen))
+    if s.dd.is_main:
+        save_last(s.rd, s.model, s.opt, s.sched, s.scaler, s.ema, s.state, states, s.config)
+        write_history(s.rd.history, s.state.history)  # after last.pt: never ahead of the checkpoint
+    s.dd.barrier()
+
+
+def _evaluate_split(
+    model: nn.Module, split: Split, device: torch.device, tta: bool = False
+) -> tuple[dict[str, float], np.ndarray]:
+    """Loss and accuracy on a labelled split, and the logits they came from."""
+    logits = predict_logits(model, split.images, tta=tta, device=device)
+    t, labels = torch.from_numpy(logits), torch.from_numpy(split.labels)
+    loss = F.cross_entropy(t, labels).item()
+    acc = (t.argmax(1) == labels).float().mean().item()
+    return {"loss": loss, "accuracy": acc}, logits
+
+
+# --------------------------------------------------------------------------------------------- the end
+
+
+def _end(s: _Session, after: After | None) -> TrainResult:
+    """After the last step: rank 0 writes metrics.json and runs `after`; the other ranks wait for it."""
+    dd = s.dd
+    identical = dd.same_weights(s.model)
     if not dd.is_main:
         # Wait for rank 0's final evaluation: a rank that leaves first tears its end of the gloo group down
         # while rank 0 still holds it, which can abort the process ("terminate called without an active exception").
         dd.barrier()
-        return TrainResult(rd, {})
+        return TrainResult(s.rd, {})
     distributed = None
     if dd.enabled:
-        distributed = {"world_size": dd.world_size, "backend": dd.backend, "global_batch": config.batch_size,
-                       "per_rank_batch": batch, "sync_bn": config.sync_bn, "weights_identical": identical}  # fmt: skip
-    raw = model if ema is not None else None
+        c = s.config
+        distributed = {"world_size": dd.world_size, "backend": dd.backend, "global_batch": c.batch_size,
+                       "per_rank_batch": s.batch, "sync_bn": c.sync_bn, "weights_identical": identical}  # fmt: skip
     try:
         # Training is saved (last.pt says `done`): a stop from here on raises at once and `resume` redoes the rest.
-        with stop.immediate(str(rd.root)):
-            if not rd.best.exists():  # validated only at the end and never improved: keep the final weights
-                save_weights(rd.best, final, config, epoch=state.epoch)
-            metrics = finish_run(rd, config, final, val_split, state, device, evaluate_test, distributed, raw,
-                                 check=lambda: stop.check(str(rd.root)), hardware=hardware)  # fmt: skip
+        with s.stop.immediate(str(s.rd.root)):
+            if not s.rd.best.exists():  # validated only at the end and never improved: keep the final weights
+                save_weights(s.rd.best, s.final, s.config, epoch=s.state.epoch)
+            metrics = finish_run(s, distributed, after)
     finally:
         dd.barrier()  # releases the other ranks (see above), also when this one stopped or failed
-    return TrainResult(rd, metrics, read_history(rd.history))
+    return TrainResult(s.rd, metrics, read_history(s.rd.history))
 
 
-def finish_run(
-    rd: RunDir,
-    config: TrainConfig,
-    model: nn.Module,
-    val_split: Split,
-    state: TrainState,
-    device: torch.device,
-    evaluate_test: bool,
-    distributed: dict | None = None,
-    raw: nn.Module | None = None,
-    check: Callable[[], None] = lambda: None,
-    hardware: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Write metrics.json for the best checkpoint (validation figures), then the test evaluation and report.
+def finish_run(s: _Session, distributed: dict[str, Any] | None, after: After | None) -> dict[str, Any]:
+    """Write metrics.json for the best checkpoint (validation figures), then hand the run to `after`.
 
-    `val_ablation` records what TTA and the EMA (`raw`: the final weights without it) buy on validation.
-    `check` runs between the steps (it raises to stop the run there).
+    `val_ablation` records what TTA and the EMA (the final weights without it) buy on validation.
     """
-    from digitlab.core.rundir import load_model
-
+    config, rd, device = s.config, s.rd, s.device
+    check = lambda: s.stop.check(str(rd.root))  # noqa: E731
     best = load_model(rd, device=device)
-    val = {"accuracy": None, "loss": None}
-    if len(val_split):
-        val, logits = _evaluate_split(best, val_split, device, tta=config.tta)
-        val.update(n=len(val_split), tta=config.tta)
-    metrics = {
-        "preset": config.preset,
-        "model": config.model,
-        "seed": config.seed,
-        "params": count_params(model),
-        "train_seconds": round(state.train_seconds, 3),
-        "epochs": state.epoch,
-        "best_epoch": state.best_epoch,
-        "val": val,
-        "torch": torch.__version__,
-        "device": device_description(device),
-        **(hardware or {}),  # the CPU and the precision training took (see `precision_choice`)
-        "threads": torch.get_num_threads(),
-    }
-    if len(val_split):
-        ablation = {}
-        if config.tta:
-            ablation["without_tta"] = _evaluate_split(best, val_split, device)[0]["accuracy"]
-        if raw is not None:
-            ablation["without_ema"] = _evaluate_split(raw, val_split, device, tta=config.tta)[0]["accuracy"]
-        if ablation:
-            metrics["val_ablation"] = ablation
+    val: dict[str, Any] = {"accuracy": None, "loss": None}
+    logits = None
+    if len(s.val_split):
+        val, logits = _evaluate_split(best, s.val_split, device, tta=config.tta)
+        val.update(n=len(s.val_split), tta=config.tta)
+    metrics = {"preset": config.preset, "model": config.model, "seed": config.seed, "params": count_params(s.final),
+               "train_seconds": round(s.state.train_seconds, 3), "epochs": s.state.epoch,
+               "best_epoch": s.state.best_epoch, "val": val, "torch": torch.__version__,
+               "device": device_description(device), **s.hardware, "threads": torch.get_num_threads()}  # fmt: skip
+    ablation = _val_ablation(s, best) if len(s.val_split) else {}
+    if ablation:
+        metrics["val_ablation"] = ablation
     if distributed:
         metrics["distributed"] = distributed
     check()
     rd.write_json(rd.metrics, metrics)
-    if len(val_split):  # temperature and "not a digit" threshold, fitted on these validation logits
-        from digitlab.evaluation.calibrate import calibrate_split
-
-        check()
-        calibrate_split(rd, best, val_split, logits.numpy(), config, device)
-    if evaluate_test:
-        from digitlab.evaluation.evaluate import evaluate_run
-
-        check()
-        metrics = evaluate_run(rd)
-    return metrics
+    if after is None:
+        return metrics
+    return after(Finished(rd, config, best, s.val_split, logits, device, metrics, check))
 
 
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+def _val_ablation(s: _Session, best: nn.Module) -> dict[str, float]:
+    """Validation accuracy without test-time augmentation and without the EMA (the raw final weights)."""
+    ablation = {}
+    if s.config.tta:
+        ablation["without_tta"] = _evaluate_split(best, s.val_split, s.device)[0]["accuracy"]
+    if s.ema is not None:
+        ablation["without_ema"] = _evaluate_split(s.model, s.val_split, s.device, tta=s.config.tta)[0]["accuracy"]
+    return ablation
