@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from digitlab.core.errors import ConfigError, ImageError, RunDirError
-from digitlab.data.preprocess import load_image
+from digitlab.data.decode import load_image
 from digitlab.inference.predict import Predictor
 from digitlab.serving.api import API_KEY_ENV, SETTINGS_ENV, ApiSettings, create_app
 from digitlab.serving.limits import SMALL_BYTES, DecodeMemory, image_head

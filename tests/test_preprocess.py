@@ -14,19 +14,13 @@ from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from digitlab.core.errors import ImageError
+from digitlab.data import clean, decode
 from digitlab.data import preprocess as preprocess_module
-from digitlab.data.preprocess import (
-    Preprocessed,
-    ink_stats,
-    is_mnist_format,
-    load_image,
-    naive_resize,
-    preprocess,
-    preprocess_array,
-    segment_digits,
-    stroke_width,
-    to_gray,
-)
+from digitlab.data.decode import load_image, to_gray
+from digitlab.data.frame import is_mnist_format
+from digitlab.data.measure import ink_stats, stroke_width
+from digitlab.data.preprocess import Preprocessed, naive_resize, preprocess, preprocess_array
+from digitlab.data.segment import segment_digits
 
 # -------------------------------------------------------------------------------------------- drawing helpers
 
@@ -185,8 +179,8 @@ def test_png_decoding_is_pils_whichever_decoder_runs(cov, mode, monkeypatch):
         assert data[28] == 1  # IHDR's interlace method: Adam7
     plain = mode in ("L", "RGB", "RGBA", "RGB interlaced")
     calls = []
-    real_load = preprocess_module.pyspng.load
-    monkeypatch.setattr(preprocess_module.pyspng, "load", lambda b: calls.append(1) or real_load(b))
+    real_load = decode.pyspng.load
+    monkeypatch.setattr(decode.pyspng, "load", lambda b: calls.append(1) or real_load(b))
     got = load_image(data)
     assert bool(calls) == plain  # the fast decoder ran exactly for the plain PNGs
     want = _pil_decode(data)
@@ -213,13 +207,13 @@ def test_a_one_colour_canvas_is_shrunk_from_its_alpha_alone(cov, ink, mode):
     rgba = np.zeros((*alpha.shape, 4), np.uint8)
     rgba[..., :3], rgba[..., 3] = ink, alpha
     im = Image.fromarray(rgba).convert(mode)
-    fast, scale, source = preprocess_module._gray_of(im, preprocess_module.COARSE_PIXELS)
+    fast, scale, source = clean.gray_of(im, preprocess_module.COARSE_PIXELS)
     work = fast.shape[::-1]
     general = to_gray(Image.merge("LA", (im.convert("L"), im.getchannel("A"))).resize(work, Image.Resampling.BOX))
     assert source == size and scale < 1 and fast.shape == general.shape
     assert np.abs(fast - general).max() <= 1.5 / 255  # 8-bit rounding in PIL's premultiplied resize only
     blank = Image.new(mode, size, (*ink, 0) if mode == "RGBA" else (ink[0], 0))
-    assert not preprocess_module._gray_of(blank, preprocess_module.COARSE_PIXELS)[0].any()  # nothing drawn: 0
+    assert not clean.gray_of(blank, preprocess_module.COARSE_PIXELS)[0].any()  # nothing drawn: 0
 
 
 def test_16bit_png_is_scaled_not_clipped(cov, reference):
@@ -436,7 +430,7 @@ def test_stroke_width_on_the_ink_box_is_exact_also_at_the_image_edge():
 
 
 def test_noise_level_shortcut_matches_the_medians():
-    from digitlab.data.preprocess import _noise
+    from digitlab.data.clean import _noise
 
     rng = np.random.default_rng(1)
     for zeros in (0.3, 0.5, 0.51, 0.9):

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from digitlab.data import realworld as rw
+from digitlab.data.preprocess import naive_resize, preprocess, preprocess_array
 from digitlab.evaluation import realworld as scoring
 from digitlab.evaluation.sections import REPORT_HEADING
-from digitlab.data.preprocess import naive_resize, preprocess, preprocess_array
 
 
 def same_images(a: rw.RealWorldSet, b: rw.RealWorldSet) -> bool:
@@ -63,7 +63,7 @@ def test_canvas_set_is_deterministic_and_prefix_stable(mnist, canvas):
 
 
 def test_canvas_set_pen_range_draws_fatter_strokes(mnist, canvas):
-    from digitlab.data.preprocess import stroke_width
+    from digitlab.data.measure import stroke_width
 
     fat = rw.canvas_set(mnist.test, 4, seed=3, pen=(40, 40))
     assert (fat.params["pen"] == 40).all() and (canvas.params["pen"] <= 28).all()

@@ -215,7 +215,7 @@ def _restroke(digit: np.ndarray, height: float, aspect: float, angle: float, pen
     stroke (loops filled in, blots), the shape grown or shrunk by the difference between pen and typical
     stroke is kept as well: a small loop must not become a line, or a 9 would turn into a 1.
     """
-    from digitlab.data.preprocess import stroke_width
+    from digitlab.data.measure import stroke_width
 
     g = _crop(digit.astype(np.float32) / 255, 0.1)
     k = height / g.shape[0]

@@ -32,7 +32,10 @@ from digitlab.core.calibration import load_calibration
 from digitlab.core.errors import ConfigError, DigitlabError, DigitlabWarning, RunDirError
 from digitlab.core.jsonfile import read_json_lenient
 from digitlab.core.rundir import RunDir
-from digitlab.data.preprocess import Box, ImageSource, Preprocessed, preprocess, segment_digits
+from digitlab.data.decode import ImageSource
+from digitlab.data.pixels import Box
+from digitlab.data.preprocess import Preprocessed, preprocess
+from digitlab.data.segment import segment_digits
 from digitlab.model.scoring import OodRule, rule_of, softmax
 from digitlab.model.tta import tta_logits
 

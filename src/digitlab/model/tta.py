@@ -37,7 +37,7 @@ def tta_logits(
     out = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size, None].astype(np.float32)
-        x /= 255  # in place: see data.decode.to_u8 on NumPy's cost for big temporaries
+        x /= 255  # in place: see data.pixels.to_u8 on NumPy's cost for big temporaries
         if len(shifts) == 1:
             out.append(np.asarray(forward(x), dtype=np.float32))
             continue

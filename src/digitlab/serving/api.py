@@ -62,7 +62,7 @@ from digitlab import __version__
 from digitlab.core.calibration import read_calibration
 from digitlab.core.errors import ConfigError, DigitlabError, ImageError, RunDirError
 from digitlab.core.rundir import RunDir
-from digitlab.data.preprocess import DEFAULT_PIXEL_LIMIT
+from digitlab.data.decode import DEFAULT_PIXEL_LIMIT
 from digitlab.serving.errors import (
     ERROR_DOCS,
     REQUEST_ID_HEADER,

@@ -420,7 +420,7 @@ def _show_why(st: Any, pred: Prediction, predictor: Predictor, start: float | No
 
 
 def _upload(st: Any, predictor: Predictor) -> None:
-    from digitlab.data.preprocess import load_image
+    from digitlab.data.decode import load_image
 
     st.write("A photo or scan of one digit, or of a number written on one line.")
     up = st.file_uploader("Photo or scan", type=None, max_upload_size=UPLOAD_MB, key="upload",

@@ -24,7 +24,7 @@ from PIL import Image
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from digitlab.data.preprocess import FORMATS, too_many_pixels
+from digitlab.data.decode import FORMATS, too_many_pixels
 from digitlab.serving.errors import BodyTimeout, BodyTooLarge, PixelLimitError, error_json
 
 __all__ = ["DRAFT_MIN_PIXELS", "BodyLimitMiddleware", "DecodeMemory", "ImageHead", "check_request_pixels", "image_head"]
