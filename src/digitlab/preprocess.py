@@ -794,6 +794,11 @@ def _to_mnist(x: np.ndarray, thin: bool) -> np.ndarray:
     return np.round(out).astype(np.uint8)
 
 
+def frame_ink(ink: np.ndarray, thin: bool = False) -> np.ndarray:
+    """Ink coverage (float, any size, ink > 0) -> a 28x28 uint8 digit framed as MNIST framed them."""
+    return _to_mnist(ink, thin)
+
+
 # --------------------------------------------------------------------------------------------- fast path
 
 

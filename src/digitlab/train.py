@@ -46,6 +46,7 @@ from digitlab.evaluate import pick_device, predict_logits, to_tensor
 from digitlab.hardware import CpuInfo, PrecisionChoice, choose_precision, cpu_info
 from digitlab.models import build_model, count_params
 from digitlab.noise_augment import corruption_augment
+from digitlab.restroke import pen_pool, swap_in
 from digitlab.rundir import RunDir, save_weights
 from digitlab.stopping import Interrupted, StopRequest, stop_on_signals
 
@@ -277,6 +278,10 @@ def _fit(
     elif dd.is_main:
         start_fresh(rd, config)
 
+    t_pool = time.perf_counter()  # the pen-width copies are part of the recipe's cost: timed with training
+    pens = pen_pool(train_split.images, train_split.labels, config.restroke, config.seed, reporter is not None, device)
+    state.train_seconds += time.perf_counter() - t_pool
+
     def checkpoint() -> None:
         states = dd.gather(rng_states(gen))
         if dd.is_main:
@@ -300,13 +305,13 @@ def _fit(
         t0 = time.perf_counter()
         while state.step < steps_per_epoch:
             idx = state.perm[state.step * batch : (state.step + 1) * batch].to(device)
-            x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate, aug_gen, config.elastic,
+            x, y = swap_in(x_all[idx], y_all[idx], pens, config.restroke, aug_gen)
+            x = random_affine(x, config.rotate, config.zoom, config.translate, aug_gen, config.elastic,
                               config.elastic_sigma)  # fmt: skip
-            x = thicken_strokes(x, config.thicken, aug_gen)
+            x = thicken_strokes(x, config.thicken, aug_gen, config.thicken_reach)
             x = corruption_augment(x, config.corrupt, config.corrupt_ops, aug_gen)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = y_all[idx]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
