@@ -1,6 +1,7 @@
 """A throw-away PostgreSQL cluster (initdb + pg_ctl on a free port in a temporary folder), for tests and benchmarks.
 
     with PgCluster.start() as pg:          # PgUnavailable (with the reason) when it cannot be started
+                                           # durable=True: fsync on, as a real server (for benchmarks)
         url = pg.create_database("t1")     # postgresql+psycopg://digitlab@127.0.0.1:PORT/t1
 
 PostgreSQL refuses to run as root: as root the cluster runs as the `postgres` user (what Debian's package makes),
@@ -46,9 +47,10 @@ class PgCluster:
     port: int
     bin: Path
     prefix: list[str]  # runuser -u USER -- (as root), else nothing
+    durable: bool = False  # fsync on (off by default: a test's data need not survive a power cut)
 
     @classmethod
-    def start(cls) -> PgCluster:
+    def start(cls, *, durable: bool = False) -> PgCluster:
         bindir = find_binaries()
         if bindir is None:
             raise PgUnavailable("no initdb and pg_ctl on $PATH or in /usr/lib/postgresql/*/bin (install postgresql)")
@@ -60,7 +62,7 @@ class PgCluster:
                 raise PgUnavailable("running as root with neither a postgres nor a nobody user (or no runuser)")
             os.chown(root, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
             prefix = ["runuser", "-u", user, "--"]
-        cluster = cls(root, _free_port(), bindir, prefix)
+        cluster = cls(root, _free_port(), bindir, prefix, durable)
         try:
             cluster._initdb_and_start()
         except PgUnavailable:
@@ -79,7 +81,8 @@ class PgCluster:
     def _initdb_and_start(self) -> None:
         data = self.root / "data"
         self._run(str(self.bin / "initdb"), "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync")
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        opts += "" if self.durable else " -c fsync=off"
         try:
             self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.root / "log"), "-o", opts, "-w",
                       "-t", "60", "start")  # fmt: skip

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
@@ -45,6 +45,9 @@ from digitlab.api import (
 )
 from digitlab.api_errors import ERROR_DOCS, ApiError, ErrorResponse, InvalidRequest, UnsupportedMediaType, one_line
 from digitlab.feedback_store import FeedbackStore, FeedbackStoreError, shown_url
+
+if TYPE_CHECKING:  # digitlab.predict imports torch: see digitlab.api
+    from digitlab.predict import Prediction, Predictor
 
 __all__ = ["FeedbackCreated", "FeedbackJson", "FeedbackStatsOut", "add_feedback_routes"]
 
@@ -196,7 +199,9 @@ def _from_json(body: bytes) -> FeedbackInput:
     return FeedbackInput(Upload(image_from_text(data.image)), data.label, data.session, data.prediction)
 
 
-def _predict_feedback(service: Service, predictor: Any, body: FeedbackInput | bytes) -> tuple[FeedbackInput, Any]:
+def _predict_feedback(
+    service: Service, predictor: Predictor, body: FeedbackInput | bytes
+) -> tuple[FeedbackInput, Prediction]:
     """(the checked input, the server's prediction for its image); in a worker thread (JSON parsing is CPU work)."""
     item = _from_json(body) if isinstance(body, bytes) else body
     return item, _predict_one(service, predictor, item.upload)
@@ -306,6 +311,6 @@ def add_feedback_routes(app: FastAPI, service: Service, auth: list[Any], url: st
     app.router.lifespan_context = lifespan
 
 
-def _add(store: FeedbackStore, *, item: FeedbackInput, p: Any, model: str) -> str:
+def _add(store: FeedbackStore, *, item: FeedbackInput, p: Prediction, model: str) -> str:
     return store.add(image=item.upload.data, model_input=p.input, label=item.label, predicted=p.digit, status=p.status,
                      probabilities=p.probabilities, model=model, source="api", session=item.session)  # fmt: skip

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from digitlab.errors import DigitlabError
+
+if TYPE_CHECKING:  # SQLAlchemy loads only for the commands that open a store
+    from digitlab.feedback_store import FeedbackStore
 
 feedback_app = typer.Typer(no_args_is_help=True, help="Inspect, export, import and delete users' feedback.")
 console = Console()
@@ -22,7 +26,7 @@ FEEDBACK_DB_HELP = ("Store /v1/feedback rows here, a URL as `digitlab feedback -
 DB_OPTION = typer.Option(None, "--db", envvar=DB_ENV, help=DB_HELP, show_envvar=False)
 
 
-def _open(db: str | None, *, create: bool = False):  # noqa: ANN202
+def _open(db: str | None, *, create: bool = False) -> FeedbackStore:
     from digitlab.feedback_store import FeedbackStore
 
     return FeedbackStore.open(db, create=create)

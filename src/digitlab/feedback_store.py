@@ -28,6 +28,7 @@ import math
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from digitlab.atomic import storage_error
 from digitlab.errors import DataError
@@ -341,7 +342,7 @@ class FeedbackStore:
                 return self.add_records(other.rows())
         return self.add_records(read_export(Path(source)))
 
-    def _connect(self, what: str, *, write: bool = False) -> Any:
+    def _connect(self, what: str, *, write: bool = False) -> AbstractContextManager[Connection]:
         return connection(self.engine, what, write=write)
 
 
