@@ -33,7 +33,7 @@ def test_every_digitlab_command_in_the_readme_exists():
     assert len(commands) >= 15
     for line in commands:
         words = shlex.split(line)[1:]
-        path = [w for w in words[:2] if not w.startswith("-") and w in {"data", "runs"}] or []
+        path = [w for w in words[:2] if not w.startswith("-") and w in {"data", "runs", "feedback"}] or []
         name = words[: len(path) + 1]
         res = runner.invoke(app, [*name, "--help"])
         assert res.exit_code == 0, (line, res.output)

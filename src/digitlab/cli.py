@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from digitlab.cli_feedback import FEEDBACK_DB_HELP, feedback_app, serve_feedback_db
 from digitlab.errors import ConfigError, DigitlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and serve digit recognizers.")
@@ -20,6 +21,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, download and
 runs_app = typer.Typer(no_args_is_help=True, help="List and compare run directories.")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.add_typer(feedback_app, name="feedback")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -875,6 +877,8 @@ def serve(
     cpus: str | None = typer.Option(
         None, "--cpus", help="Run the server on these CPU cores only, e.g. 1 or 0,2-3 (Linux; workers share them)."
     ),
+    feedback_db: str | None = typer.Option(None, "--feedback-db", envvar="DIGITLAB_FEEDBACK_DB", help=FEEDBACK_DB_HELP),
+    no_feedback: bool = typer.Option(False, "--no-feedback", help="Serve without the /v1/feedback routes."),
 ) -> None:
     """Serve RUN as a REST API (FastAPI + uvicorn): /v1/predict, /v1/predict/batch, /v1/read, /v1/model, /docs.
 
@@ -915,6 +919,7 @@ def serve(
         raise ConfigError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
     if not wait_for_model:
         settings.check()  # a missing run or model file fails here, in one line, not in every worker
+    settings = settings.model_copy(update={"feedback_db": serve_feedback_db(feedback_db, no_feedback)})
     if cpus is not None:
         pin_to_cpus(cpus)
     with socket.socket() as s:
