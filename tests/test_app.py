@@ -538,6 +538,41 @@ def test_browser_draw_1_7_0_and_clear(server, browser):
     page.close()
 
 
+GRID = (0.05, 0.5, 0.95)  # where strokes start, in canvas fractions: both edges and the middle, each way
+INK_JS = """([canvas, x, y]) => {
+  const d = canvas.getContext("2d").getImageData(x - 2, y - 2, 5, 5).data;
+  let darkest = 255;
+  for (let i = 0; i < d.length; i += 4) darkest = Math.min(darkest, d[i]);
+  return darkest;
+}"""  # the darkest red value of the 5x5 pixels around (x, y) on Fabric's drawing layer
+
+
+@needs_browser
+def test_browser_strokes_land_wherever_they_start(server, browser):
+    """A short stroke starting in each of the canvas's nine regions, corners included, becomes ink where it was
+    drawn: nothing over the canvas (the component's own toolbar covered the top of its right half) takes it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    box = open_app(page, server).bounding_box()
+    layer = page.locator("canvas.dc-canvas.lower-canvas")  # what the strokes became, as the app receives it
+    lost = []
+    for fy in GRID:
+        for fx in GRID:
+            end = (fx + 0.1, fy) if fx == fy == 0.5 else (fx + (0.5 - fx) * 0.2, fy + (0.5 - fy) * 0.2)
+            spot = [round((fx + end[0]) / 2 * app.CANVAS_PX), round((fy + end[1]) / 2 * app.CANVAS_PX)]
+            assert page.evaluate(INK_JS, [layer.element_handle(), *spot]) == 255  # paper before the stroke
+            page.mouse.move(1, 1)  # the pen arrives from off the canvas, as a finger or a stylus does
+            mouse_strokes(page, box, [[(fx, fy), end]])
+            try:
+                page.wait_for_function(f"a => ({INK_JS})(a) < 100", arg=[layer.element_handle(), *spot], timeout=3000)
+            except PlaywrightTimeout:
+                lost.append((fx, fy))
+    shot(page, "app-strokes-everywhere")
+    assert not lost, f"strokes starting at these canvas fractions left no ink: {lost}"
+    page.close()
+
+
 @needs_browser
 def test_browser_upload_number_and_bad_file(server, browser, mnist, tmp_path):
     content, text = number_png(mnist, [3, 0, 7])

@@ -358,7 +358,7 @@ def _undo(st: Any) -> None:
 
 
 def _draw(st: Any, predictor: Predictor, model: nn.Module) -> None:
-    from streamlit_drawable_canvas import st_canvas
+    from digitlab.app_canvas import st_canvas
 
     # One row on a desktop; on a phone it wraps to buttons, then the slider, so the answer sits under the canvas.
     with st.container(horizontal=True, gap="xsmall", vertical_alignment="bottom"):
@@ -366,7 +366,6 @@ def _draw(st: Any, predictor: Predictor, model: nn.Module) -> None:
         st.button("Undo", icon=":material/undo:", on_click=_undo, args=(st,), key="undo")
         st.button("Clear", icon=":material/delete:", on_click=_clear, args=(st,), key="clear")
         st.slider("Stroke width", 6, 40, STROKE_DEFAULT, key="stroke", width=220)
-    st.space("small")  # room for the canvas's own toolbar, which shows above it on hover
     left, right = st.columns([1, 1], gap="medium")
     with left:
         result = st_canvas(stroke_width=int(st.session_state.get("stroke", STROKE_DEFAULT)),
