@@ -308,25 +308,34 @@ def test_apptest_undo_rebuilds_the_canvas_without_the_last_stroke(at, tiny_run):
     assert at.session_state["canvas_init"] is None and app.EMPTY_HINT in alerts(at)
 
 
-def test_apptest_model_is_loaded_once_per_process(at, tiny_run, monkeypatch):
+@pytest.mark.parametrize(("flag", "tta"), [(None, False), ("0", False), ("1", True)])
+def test_apptest_model_is_loaded_once_per_process_without_tta_unless_asked(at, tiny_run, monkeypatch, flag, tta):
+    """The serving policy: no test-time augmentation unless `digitlab app --tta` (the run's config asks for it);
+    one checkpoint load per process, shared by the predictor and the saliency view."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
+    from digitlab import rundir
     from digitlab.predict import Predictor
 
-    calls, original = [], Predictor.from_run.__func__
+    assert rundir.RunDir(tiny_run).read_config().tta  # the run's own config would turn it on
+    if flag is not None:
+        monkeypatch.setenv(app.TTA_ENV, flag)
+    calls, loads, original, load = [], [], Predictor.from_run.__func__, rundir.load_model
 
     def counting(cls, *args, **kwargs):
-        calls.append(args)
+        calls.append(kwargs)
         return original(cls, *args, **kwargs)
 
     monkeypatch.setattr(Predictor, "from_run", classmethod(counting))
+    monkeypatch.setattr(rundir, "load_model", lambda *a, **k: loads.append(a) or load(*a, **k))
     st.cache_resource.clear()
     at.run()
     at.session_state["canvas-0"] = canvas_state(SHAPES["1"])
     at.run()
     AppTest.from_file(str(APP_SCRIPT), default_timeout=60).run()  # a second visitor
-    assert not at.exception and len(calls) == 1
+    assert not at.exception and len(calls) == 1 and len(loads) == 1
+    assert calls[0]["tta"] is tta
 
 
 def test_apptest_scribble_is_not_a_digit(at):

@@ -773,6 +773,7 @@ def app_command(
     run: Path = typer.Argument(None, metavar="RUN", help="Run directory (default: the bundled model)."),  # noqa: B008
     port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to serve on."),
     address: str = typer.Option("localhost", "--address", help="Address to listen on (0.0.0.0: other devices too)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help=TTA_HELP),
 ) -> None:
     """Start the web app: draw or upload a digit, see the answer, its probabilities and why (Streamlit)."""
     import os
@@ -801,7 +802,9 @@ def app_command(
             "minimal", "--global.developmentMode", "false"]  # fmt: skip
     console.print(f"[bold]digitlab app[/] {run} → http://{address}:{port}  (Ctrl+C to stop)", highlight=False)
     sys.stdout.flush()
-    os.execve(sys.executable, args, {**os.environ, "DIGITLAB_APP_RUN": str(run.resolve())})
+    # the variables app.RUN_ENV and app.TTA_ENV name
+    env = {**os.environ, "DIGITLAB_APP_RUN": str(run.resolve()), "DIGITLAB_APP_TTA": "1" if tta else "0"}
+    os.execve(sys.executable, args, env)
 
 
 # ---------------------------------------------------------------------------------------------- serve
