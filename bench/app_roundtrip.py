@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from digitlab import app
+from digitlab import app, app_feedback
 
+STORE = f"sqlite:///{tempfile.mkdtemp(prefix='app-roundtrip-')}/feedback.db"  # the demo's feedback, thrown away
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]  # fmt: skip
 SEVEN = [(0.26, 0.20), (0.74, 0.20), (0.60, 0.42), (0.50, 0.64), (0.44, 0.86)]
@@ -65,6 +67,7 @@ def rerun(run: Path, repeat: int) -> list[float]:
     from streamlit.testing.v1 import AppTest
 
     os.environ[app.RUN_ENV] = str(run)
+    os.environ[app_feedback.STORE_ENV] = STORE
     at = AppTest.from_file(str(Path(app.__file__)), default_timeout=120).run()
     data = "data:image/png;base64," + base64.b64encode(canvas_png()).decode()
     out = []
@@ -82,7 +85,7 @@ def browser(run: Path, repeat: int) -> list[float]:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "digitlab.cli", "app", str(run), "--port", str(port)]
+    cmd = [sys.executable, "-m", "digitlab.cli", "app", str(run), "--port", str(port), "--feedback-db", STORE]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url, out = f"http://localhost:{port}", []
     try:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from itertools import pairwise
 from pathlib import Path
 
@@ -229,6 +230,13 @@ def test_cli_app_refuses_a_busy_port(tiny_run):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "pick another --port" in r.stderr
 
 
+def test_cli_app_refuses_a_feedback_store_it_cannot_open(tiny_run, tmp_path):
+    (tmp_path / "file").write_text("")
+    for url in (f"sqlite:///{tmp_path / 'file' / 'feedback.db'}", "mysql://u@h/db"):
+        r = run_cli("app", tiny_run, "--port", str(free_port()), "--feedback-db", url, timeout=60)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:"), r.stderr
+
+
 # --------------------------------------------------------------------------------------------- AppTest
 
 
@@ -429,14 +437,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(good_run, tmp_path_factory):
-    """`digitlab app RUN --port P` started as a user would, until the module's tests are done."""
+def demo_store(tmp_path_factory) -> str:
+    """The SQLite store the browser tests' app writes its feedback to."""
+    return f"sqlite:///{tmp_path_factory.mktemp('app-feedback') / 'feedback.db'}"
+
+
+@pytest.fixture(scope="module")
+def server(good_run, demo_store, tmp_path_factory):
+    """`digitlab app RUN --port P --feedback-db URL` started as a user would, until the module's tests are done."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("app-server") / "app.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "digitlab.cli", "app", str(good_run), "--port", str(port), "--feedback-db", demo_store]
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "digitlab.cli", "app", str(good_run), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://localhost:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -583,6 +597,36 @@ def test_browser_strokes_land_wherever_they_start(server, browser):
 
 
 @needs_browser
+def test_browser_wrong_its_a_7_stores_a_row(server, browser, demo_store, good_run):
+    """Draw a 1, opt in, tap "Wrong — it's a 7": one row in the store, as the visitor labelled it."""
+    from digitlab.feedback_store import FeedbackStore
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    canvas = open_app(page, server)
+    mouse_strokes(page, canvas.bounding_box(), SHAPES["1"])
+    page.wait_for_function(DIGIT_JS, arg="1", polling="raf", timeout=20_000)
+    seven = page.locator(".st-key-fb-draw-7 button")
+    assert seven.is_disabled() and page.get_by_text("Wrong — it's a").is_visible()  # until the visitor opts in
+    page.locator(".st-key-fb-draw-optin label").click()
+    seven.click()  # once enabled
+    page.get_by_text("Stored as a 7").wait_for(timeout=20_000)
+    page.get_by_text("You have shared 1 drawing from this browser · 1 in the store").wait_for()
+    shot(page, "app-feedback-stored")
+    page.close()
+    with FeedbackStore.open(demo_store, create=False) as store:
+        [row] = store.rows()
+    assert (row.label, row.source, row.model, row.predicted, row.status) == (
+        7,
+        "demo",
+        good_run.resolve().name,
+        1,
+        "ok",
+    )
+    assert row.media_type == "image/png" and Image.open(io.BytesIO(row.image)).size == (app.CANVAS_PX, app.CANVAS_PX)
+    assert str(uuid.UUID(row.session)) == row.session and row.model_input.shape == (28, 28)
+
+
+@needs_browser
 def test_browser_upload_number_and_bad_file(server, browser, mnist, tmp_path):
     content, text = number_png(mnist, [3, 0, 7])
     good, bad = tmp_path / "number.png", tmp_path / "notes.txt"
@@ -620,6 +664,10 @@ def test_browser_phone_touch_drawing(server, browser):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
     assert page.locator(".dl-digit").bounding_box()["y"] < 844  # the answer is on the first screen
     page.get_by_text("answered in").wait_for()
+    # the feedback buttons: fingertip-sized, wrapping onto a second row rather than off the screen
+    digits = [page.locator(f".st-key-fb-draw-{d} button").bounding_box() for d in range(10)]
+    assert all(b["width"] >= 44 and b["height"] >= 44 and b["x"] + b["width"] <= 390 for b in digits), digits
+    assert len({round(b["y"]) for b in digits}) >= 2
     page.screenshot(path=str(ARTIFACTS / "app-phone-7.png"))
     shot(page, "app-phone-7-full")
     context.close()

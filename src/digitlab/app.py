@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
+from digitlab.app_feedback import feedback_widget, png_bytes
 from digitlab.rundir import read_json_lenient
 
 if TYPE_CHECKING:  # heavy imports stay out of module import: the script imports torch only to load the model
@@ -386,6 +387,8 @@ def _draw(st: Any, predictor: Predictor) -> None:
             return
         pred = predictor.predict(gray)[0]
         _show_answer(st, pred)
+    drawn = result.image_bytes if rgba is not None else png_bytes(gray)  # the canvas's PNG, as it sent it
+    feedback_widget(st, pred, drawn, str(predictor.info.get("run")), "draw")
     _show_why(st, pred, predictor, start)
 
 
@@ -444,6 +447,9 @@ def _upload(st: Any, predictor: Predictor) -> None:
             st.info("No digit found in that image. Try a photo with dark ink on light paper, filling the frame.")
             return
         _show_reading(st, result, load_image(data), predictor)
+        digits = [d for d in result.digits if d.status != "empty"]
+        if len(digits) == 1:  # one digit, one label (a number's digits are not labelled one by one)
+            feedback_widget(st, digits[0].prediction, data, str(predictor.info.get("run")), "upload")
     except Exception as e:  # noqa: BLE001 (a demo must survive any file)
         log.exception("upload %r failed", getattr(up, "name", "?"))
         st.error(friendly_error(" ".join(str(e).split()) or type(e).__name__))
