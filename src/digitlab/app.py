@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
+from digitlab.app_feedback import feedback_widget, png_bytes
 from digitlab.rundir import read_json_lenient
 
 if TYPE_CHECKING:  # heavy imports stay out of module import: the script imports torch only to load the model
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # heavy imports stay out of module import: the script imports
     from digitlab.predict import Prediction, Predictor, ReadDigit, ReadResult
 
 RUN_ENV = "DIGITLAB_APP_RUN"  # `digitlab app RUN` passes the run directory to the script through this variable
+TTA_ENV = "DIGITLAB_APP_TTA"  # "1": `digitlab app --tta`; else no test-time augmentation, as `digitlab serve`
 CANVAS_PX = 280  # 10x MNIST: fits a 390 px phone screen with Streamlit's margins
 STROKE_DEFAULT = 22  # a thick marker, like MNIST's ~2 px strokes on a 20 px digit
 PEN, ERASER = ":material/edit: Pen", ":material/ink_eraser: Eraser"
@@ -126,16 +128,18 @@ def drawing_objects(drawing: dict[str, Any] | None) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- saliency
 
 
-def integrated_gradients(model: nn.Module, image: np.ndarray, target: int, steps: int = 32) -> np.ndarray:
+def integrated_gradients(model: nn.Module, image: np.ndarray, target: int, steps: int = 32,
+                         lock: threading.Lock = _grad_lock) -> np.ndarray:  # fmt: skip
     """Integrated gradients (black-image baseline) of `target`'s logit w.r.t. a uint8 (28, 28) MNIST image:
-    float32 (28, 28); positive where the pixel's ink pushed the model towards `target`."""
+    float32 (28, 28); positive where the pixel's ink pushed the model towards `target`. `lock`: held while the
+    model runs (the predictor's, when the model is the predictor's)."""
     import torch
 
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None, None]
     alphas = torch.linspace(1 / steps, 1, steps).view(-1, 1, 1, 1)
     device = next(model.parameters()).device
     path = (alphas * x).to(device).requires_grad_(True)
-    with _grad_lock:  # one backward at a time through a model shared by every session
+    with lock:  # one pass at a time through a model shared by every session
         logits = model(path)[:, target]
         (grads,) = torch.autograd.grad(logits.sum(), path)
     return (x[0, 0] * grads.mean(0)[0].cpu()).detach().numpy().astype(np.float32)
@@ -299,16 +303,10 @@ def run_from_env() -> Path:
 # --------------------------------------------------------------------------------------------- the page
 
 
-def _load_predictor(run: str) -> Predictor:
+def _load_predictor(run: str, tta: bool) -> Predictor:
     from digitlab.predict import Predictor
 
-    return Predictor.from_run(run)
-
-
-def _load_model(run: str) -> nn.Module:
-    from digitlab.rundir import load_model
-
-    return load_model(Path(run))
+    return Predictor.from_run(run, tta=tta)  # the torch backend: its model also gives the saliency
 
 
 def render() -> None:
@@ -321,8 +319,8 @@ def render() -> None:
     st.markdown(CSS, unsafe_allow_html=True)
     try:
         run = run_from_env()
-        predictor = st.cache_resource(show_spinner="loading the model…")(_load_predictor)(str(run))
-        model = st.cache_resource(show_spinner=False)(_load_model)(str(run))
+        tta = os.environ.get(TTA_ENV) == "1"
+        predictor = st.cache_resource(show_spinner="loading the model…")(_load_predictor)(str(run), tta)
     except DigitlabError as e:
         st.error(f"Cannot load the model: {e}")
         st.stop()
@@ -333,9 +331,9 @@ def render() -> None:
     draw_tab, upload_tab, model_tab = st.tabs([":material/draw: Draw", ":material/photo_camera: Upload",
                                                ":material/monitoring: Model"])  # fmt: skip
     with draw_tab:  # fragments: a stroke or an upload reruns its own tab only, not the whole page
-        st.fragment(_draw)(st, predictor, model)
+        st.fragment(_draw)(st, predictor)
     with upload_tab:
-        st.fragment(_upload)(st, predictor, model)
+        st.fragment(_upload)(st, predictor)
     with model_tab:
         _model(st, run, info)
 
@@ -357,8 +355,8 @@ def _undo(st: Any) -> None:
     st.session_state.canvas_init = {"objects": objects[:-1]} if len(objects) > 1 else None
 
 
-def _draw(st: Any, predictor: Predictor, model: nn.Module) -> None:
-    from streamlit_drawable_canvas import st_canvas
+def _draw(st: Any, predictor: Predictor) -> None:
+    from digitlab.app_canvas import st_canvas
 
     # One row on a desktop; on a phone it wraps to buttons, then the slider, so the answer sits under the canvas.
     with st.container(horizontal=True, gap="xsmall", vertical_alignment="bottom"):
@@ -366,7 +364,6 @@ def _draw(st: Any, predictor: Predictor, model: nn.Module) -> None:
         st.button("Undo", icon=":material/undo:", on_click=_undo, args=(st,), key="undo")
         st.button("Clear", icon=":material/delete:", on_click=_clear, args=(st,), key="clear")
         st.slider("Stroke width", 6, 40, STROKE_DEFAULT, key="stroke", width=220)
-    st.space("small")  # room for the canvas's own toolbar, which shows above it on hover
     left, right = st.columns([1, 1], gap="medium")
     with left:
         result = st_canvas(stroke_width=int(st.session_state.get("stroke", STROKE_DEFAULT)),
@@ -390,7 +387,9 @@ def _draw(st: Any, predictor: Predictor, model: nn.Module) -> None:
             return
         pred = predictor.predict(gray)[0]
         _show_answer(st, pred)
-    _show_why(st, pred, model, start)
+    drawn = result.image_bytes if rgba is not None else png_bytes(gray)  # the canvas's PNG, as it sent it
+    feedback_widget(st, pred, drawn, str(predictor.info.get("run")), "draw")
+    _show_why(st, pred, predictor, start)
 
 
 def _show_answer(st: Any, pred: Prediction) -> None:
@@ -411,14 +410,14 @@ def _show_answer(st: Any, pred: Prediction) -> None:
             st.caption("calibrated probabilities of the ten digits")
 
 
-def _show_why(st: Any, pred: Prediction, model: nn.Module | None, start: float | None = None) -> None:
+def _show_why(st: Any, pred: Prediction, predictor: Predictor, start: float | None = None) -> None:
     """The 28x28 image the model saw and, for a digit, the integrated-gradients saliency overlay."""
     if pred.input is None or pred.status in ("empty", "error"):
         return
     with st.container(horizontal=True, gap="small"):  # side by side, even on a phone (2 x 168 px + 16 px)
         st.image(enlarge(pred.input), caption="what the model sees (28×28)", width=28 * ZOOM)
-        if pred.status == "ok" and model is not None:
-            attribution = integrated_gradients(model, pred.input, int(pred.digit))
+        if pred.status == "ok" and predictor.model is not None:
+            attribution = integrated_gradients(predictor.model, pred.input, int(pred.digit), lock=predictor.model_lock)
             st.image(saliency_overlay(pred.input, attribution), width=28 * ZOOM,
                      caption=f"why: red ink argued for {pred.digit}, blue against")  # fmt: skip
     if start is not None:
@@ -426,7 +425,7 @@ def _show_why(st: Any, pred: Prediction, model: nn.Module | None, start: float |
         st.caption(f'<span data-testid="dl-timing">answered in {ms:.0f} ms</span>', unsafe_allow_html=True)
 
 
-def _upload(st: Any, predictor: Predictor, model: nn.Module) -> None:
+def _upload(st: Any, predictor: Predictor) -> None:
     from digitlab.preprocess import load_image
 
     st.write("A photo or scan of one digit, or of a number written on one line.")
@@ -447,13 +446,16 @@ def _upload(st: Any, predictor: Predictor, model: nn.Module) -> None:
         if result.status == "empty":
             st.info("No digit found in that image. Try a photo with dark ink on light paper, filling the frame.")
             return
-        _show_reading(st, result, load_image(data), model)
+        _show_reading(st, result, load_image(data), predictor)
+        digits = [d for d in result.digits if d.status != "empty"]
+        if len(digits) == 1:  # one digit, one label (a number's digits are not labelled one by one)
+            feedback_widget(st, digits[0].prediction, data, str(predictor.info.get("run")), "upload")
     except Exception as e:  # noqa: BLE001 (a demo must survive any file)
         log.exception("upload %r failed", getattr(up, "name", "?"))
         st.error(friendly_error(" ".join(str(e).split()) or type(e).__name__))
 
 
-def _show_reading(st: Any, result: ReadResult, image: Image.Image, model: nn.Module) -> None:
+def _show_reading(st: Any, result: ReadResult, image: Image.Image, predictor: Predictor) -> None:
     digits = [d for d in result.digits if d.status != "empty"]
     if len(digits) == 1:
         left, right = st.columns([1, 1], gap="medium")
@@ -461,7 +463,7 @@ def _show_reading(st: Any, result: ReadResult, image: Image.Image, model: nn.Mod
             st.image(draw_boxes(image, digits), caption="your image", width="stretch")
         with right:
             _show_answer(st, digits[0].prediction)
-        _show_why(st, digits[0].prediction, model)
+        _show_why(st, digits[0].prediction, predictor)
         return
     st.markdown(f'<div class="dl-number" data-testid="dl-number">{result.text}</div>', unsafe_allow_html=True)
     unsure = sum(d.status != "ok" for d in digits)

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from digitlab.cli_feedback import FEEDBACK_DB_HELP, feedback_app, serve_feedback_db
+from digitlab.cli_feedback import DEMO_FEEDBACK_DB_HELP, FEEDBACK_DB_HELP, feedback_app, serve_feedback_db
 from digitlab.errors import ConfigError, DigitlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and serve digit recognizers.")
@@ -773,6 +773,11 @@ def app_command(
     run: Path = typer.Argument(None, metavar="RUN", help="Run directory (default: the bundled model)."),  # noqa: B008
     port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to serve on."),
     address: str = typer.Option("localhost", "--address", help="Address to listen on (0.0.0.0: other devices too)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help=TTA_HELP),
+    feedback_db: str | None = typer.Option(
+        None, "--feedback-db", envvar="DIGITLAB_FEEDBACK_DB", help=DEMO_FEEDBACK_DB_HELP
+    ),
+    no_feedback: bool = typer.Option(False, "--no-feedback", help="Run the demo without its feedback buttons."),
 ) -> None:
     """Start the web app: draw or upload a digit, see the answer, its probabilities and why (Streamlit)."""
     import os
@@ -794,6 +799,7 @@ def app_command(
         except OSError as e:
             reason = e.strerror or e
             raise DigitlabError(f"cannot listen on {address}:{port} ({reason}) — pick another --port") from None
+    store = serve_feedback_db(feedback_db, no_feedback, without="the feedback buttons")
     script = Path(__file__).with_name("app.py")
     args = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port), "--server.address",
             address, "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType",
@@ -801,7 +807,12 @@ def app_command(
             "minimal", "--global.developmentMode", "false"]  # fmt: skip
     console.print(f"[bold]digitlab app[/] {run} → http://{address}:{port}  (Ctrl+C to stop)", highlight=False)
     sys.stdout.flush()
-    os.execve(sys.executable, args, {**os.environ, "DIGITLAB_APP_RUN": str(run.resolve())})
+    # the variables app.RUN_ENV, app.TTA_ENV and app_feedback.STORE_ENV name
+    env = {k: v for k, v in os.environ.items() if k != "DIGITLAB_APP_FEEDBACK_DB"}
+    env.update(DIGITLAB_APP_RUN=str(run.resolve()), DIGITLAB_APP_TTA="1" if tta else "0")
+    if store is not None or no_feedback:  # else the page tries the default store and says in one line it cannot
+        env["DIGITLAB_APP_FEEDBACK_DB"] = store or ""
+    os.execve(sys.executable, args, env)
 
 
 # ---------------------------------------------------------------------------------------------- serve

@@ -23,6 +23,8 @@ DB_HELP = ("Feedback store: sqlite:///FILE, postgresql+psycopg://USER@HOST/DB, o
 
 FEEDBACK_DB_HELP = ("Store /v1/feedback rows here, a URL as `digitlab feedback --db` takes (default: "
                     "$XDG_DATA_HOME/digitlab/feedback.db, when it can be opened).")  # fmt: skip
+DEMO_FEEDBACK_DB_HELP = ("Store the demo's feedback (for visitors who opt in) here, a URL as `digitlab feedback --db` "
+                         "takes (default: $XDG_DATA_HOME/digitlab/feedback.db, when it can be opened).")  # fmt: skip
 DB_OPTION = typer.Option(None, "--db", envvar=DB_ENV, help=DB_HELP, show_envvar=False)
 
 
@@ -98,10 +100,11 @@ def feedback_delete(
     console.print(f"deleted {row_id}", highlight=False)
 
 
-def serve_feedback_db(url: str | None, disabled: bool) -> str | None:
-    """The store `digitlab serve` gives its workers, opened (and migrated) here once, so that a bad URL or an
-    unreachable database stops the server at start, in one line. None: no feedback routes. Without a URL the
-    default store is used when it can be opened; else a warning, and the server runs without feedback."""
+def serve_feedback_db(url: str | None, disabled: bool, without: str = "/v1/feedback") -> str | None:
+    """The store `digitlab serve` gives its workers (and `digitlab app` its page), opened (and migrated) here
+    once, so that a bad URL or an unreachable database stops the server at start, in one line. None: no
+    feedback (`without`, named in the warning). Without a URL the default store is used when it can be opened;
+    else a warning, and the server runs without feedback."""
     from digitlab.feedback_store import FeedbackStore, shown_url
 
     if disabled:  # (over $DIGITLAB_FEEDBACK_DB too)
@@ -112,7 +115,7 @@ def serve_feedback_db(url: str | None, disabled: bool) -> str | None:
     except DigitlabError as e:
         if url is not None:
             raise
-        err_console.print(f"[bold yellow]warning:[/] serving without /v1/feedback: {e} (give --feedback-db URL, "
+        err_console.print(f"[bold yellow]warning:[/] serving without {without}: {e} (give --feedback-db URL, "
                           "or --no-feedback)", highlight=False, soft_wrap=True)  # fmt: skip
         return None
     console.print(f"feedback: {shown_url(chosen)}", highlight=False, soft_wrap=True)

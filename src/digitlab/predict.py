@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from digitlab.errors import ConfigError, DigitlabError, DigitlabWarning, RunDirE
 from digitlab.preprocess import Box, ImageSource, Preprocessed, preprocess, segment_digits
 from digitlab.rundir import RunDir, read_json_lenient
 from digitlab.tta import TTA_SHIFTS, shift_batch
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["BACKENDS", "Prediction", "Predictor", "ReadDigit", "ReadResult", "tta_logits"]
 
@@ -147,8 +150,12 @@ class Predictor:
         ood: OodRule | None = None,
         info: dict[str, Any] | None = None,
         thin: bool = False,
+        model: nn.Module | None = None,
+        model_lock: threading.Lock | None = None,
     ) -> None:
-        """`forward` maps uint8 (N, 28, 28) MNIST-format images to logits (N, 10), TTA included."""
+        """`forward` maps uint8 (N, 28, 28) MNIST-format images to logits (N, 10), TTA included. `model`: the
+        torch module behind it (None for ONNX), for what needs gradients (the demo's saliency), used only under
+        `model_lock`, the lock `forward` holds: the checkpoint is then loaded once for both."""
         if not (temperature > 0 and math.isfinite(temperature)):
             raise RunDirError(f"temperature must be a positive number, not {temperature}")
         self._forward = forward
@@ -157,6 +164,8 @@ class Predictor:
         self.temperature = float(temperature)
         self.ood = ood
         self.thin = thin
+        self.model = model
+        self.model_lock = model_lock if model_lock is not None else threading.Lock()
         self._info = {**(info or {}), "backend": backend, "temperature": self.temperature, "tta": tta,
                       "ood": None if ood is None else ood.to_dict()}  # fmt: skip
 
@@ -191,8 +200,9 @@ class Predictor:
         config = rd.read_config() if rd.config.exists() else None
         if tta is None:
             tta = bool(config.tta) if config is not None else False
+        model = lock = None
         if backend == "torch":
-            forward, device_name = _torch_forward(rd, device, threads, tta)
+            forward, device_name, model, lock = _torch_forward(rd, device, threads, tta)
         else:
             forward, device_name = _onnx_forward(rd, ONNX_FILES[backend], threads, tta)
         temperature, ood = _calibration(rd, allow_uncalibrated)
@@ -207,7 +217,8 @@ class Predictor:
             "device": device_name,
             "calibrated": ood is not None,
         }
-        return cls(forward, backend=backend, tta=tta, temperature=temperature, ood=ood, info=info)
+        return cls(forward, backend=backend, tta=tta, temperature=temperature, ood=ood, info=info, model=model,
+                   model_lock=lock)  # fmt: skip
 
     @property
     def info(self) -> dict[str, Any]:
@@ -321,7 +332,9 @@ def _empty_reason(prep: Preprocessed) -> str | None:
 # --------------------------------------------------------------------------------------------- backends
 
 
-def _torch_forward(rd: RunDir, device: str, threads: int | None, tta: bool) -> tuple[Callable, str]:
+def _torch_forward(
+    rd: RunDir, device: str, threads: int | None, tta: bool
+) -> tuple[Callable, str, nn.Module, threading.Lock]:
     import torch
 
     from digitlab.evaluate import pick_device, predict_logits
@@ -337,7 +350,7 @@ def _torch_forward(rd: RunDir, device: str, threads: int | None, tta: bool) -> t
         with lock:
             return predict_logits(model, images, batch_size=BATCH_SIZE, tta=tta, device=dev)
 
-    return forward, str(dev)
+    return forward, str(dev), model, lock
 
 
 def _onnx_forward(rd: RunDir, name: str, threads: int | None, tta: bool) -> tuple[Callable, str]:
