@@ -2,8 +2,8 @@
 
     python bench/app_roundtrip.py RUN [--repeat 20] [--browser]
 
-1. server: the Draw tab's work after a stroke (PNG from the canvas -> grey -> Predictor.predict with the run's
-   TTA -> integrated gradients -> overlay images -> chart spec), in process;
+1. server: the Draw tab's work after a stroke (PNG from the canvas -> grey -> Predictor.predict without TTA, as
+   the app -> integrated gradients on the predictor's model -> overlay images -> chart spec), in process;
 2. rerun: the whole script rerun by Streamlit's AppTest with the canvas's message injected (no browser);
 3. --browser: `digitlab app RUN` in headless Chromium (/usr/bin/chromium): mouse stroke released -> digit on screen.
 """
@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -26,7 +27,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from digitlab.serving import demo as app
+from digitlab.serving import demo_feedback as app_feedback
 
+STORE = f"sqlite:///{tempfile.mkdtemp(prefix='app-roundtrip-')}/feedback.db"  # the demo's feedback, thrown away
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]  # fmt: skip
 SEVEN = [(0.26, 0.20), (0.74, 0.20), (0.60, 0.42), (0.50, 0.64), (0.44, 0.86)]
@@ -46,15 +49,14 @@ def ms(samples: list[float]) -> str:
 
 def server(run: Path, repeat: int) -> list[float]:
     from digitlab.inference.predict import Predictor
-    from digitlab.model.forward import load_model
 
-    predictor, model, png = Predictor.from_run(run), load_model(run), canvas_png()
+    predictor, png = Predictor.from_run(run, tta=False), canvas_png()
     out = []
     for _ in range(repeat + 1):
         t0 = time.perf_counter()
         pred = predictor.predict(app.canvas_to_gray(np.asarray(Image.open(io.BytesIO(png)))))[0]
         if pred.status == "ok":
-            attribution = app.integrated_gradients(model, pred.input, pred.digit)
+            attribution = app.integrated_gradients(predictor.model, pred.input, pred.digit, lock=predictor.model_lock)
             for im in (app.enlarge(pred.input), app.saliency_overlay(pred.input, attribution)):
                 im.save(io.BytesIO(), "PNG")  # what st.image does with them
         app.probability_chart(pred.probabilities, pred.digit)
@@ -66,6 +68,7 @@ def rerun(run: Path, repeat: int) -> list[float]:
     from streamlit.testing.v1 import AppTest
 
     os.environ[app.RUN_ENV] = str(run)
+    os.environ[app_feedback.STORE_ENV] = STORE
     at = AppTest.from_file(str(Path(app.__file__)), default_timeout=120).run()
     data = "data:image/png;base64," + base64.b64encode(canvas_png()).decode()
     out = []
@@ -83,8 +86,8 @@ def browser(run: Path, repeat: int) -> list[float]:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "digitlab.cli", "app", str(run), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cmd = [sys.executable, "-m", "digitlab.cli", "app", str(run), "--port", str(port), "--feedback-db", STORE]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url, out = f"http://localhost:{port}", []
     try:
         for _ in range(240):

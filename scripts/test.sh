@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)  # "not a digit" rule, --data fashion-mnist
 [ -x /usr/bin/chromium ] || need+=(chromium chromium-driver)  # the demo's browser tests (never `playwright install`)
+# the feedback store's PostgreSQL tests start their own throw-away cluster with initdb and pg_ctl
+command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 # the fonts of the real-world "fonts" set and the rendered letters of the "not a digit" rule

@@ -54,3 +54,50 @@ def onnx_run(tiny_run, tmp_path_factory):
     out = shutil.copytree(tiny_run, tmp_path_factory.mktemp("onnx") / "run")
     export_onnx(out)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ feedback store
+
+
+@pytest.fixture(scope="session", autouse=True)
+def feedback_db_env(tmp_path_factory):
+    """Every `digitlab serve` the tests start (in this process or in a subprocess) stores its feedback in a
+    temporary SQLite file, never in the user's data folder."""
+    import os
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('feedback') / 'feedback.db'}"
+    previous = os.environ.get("DIGITLAB_FEEDBACK_DB")
+    os.environ["DIGITLAB_FEEDBACK_DB"] = url
+    yield url
+    if previous is None:
+        os.environ.pop("DIGITLAB_FEEDBACK_DB", None)
+    else:
+        os.environ["DIGITLAB_FEEDBACK_DB"] = previous
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throw-away PostgreSQL cluster for the session (tests/pg_cluster.py). In CI ($CI set) a cluster that
+    cannot start fails the tests that need it; elsewhere they are skipped only when PostgreSQL is not installed."""
+    import os
+
+    from pg_cluster import PgCluster, PgUnavailable, find_binaries
+
+    try:
+        cluster = PgCluster.start()
+    except PgUnavailable as e:
+        if find_binaries() is None and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+            pytest.skip(f"PostgreSQL is not installed: {e}")
+        pytest.fail(f"cannot start a PostgreSQL cluster: {e}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster, request) -> str:
+    """The URL of a new, empty PostgreSQL database for one test."""
+    import re
+    import uuid
+
+    name = re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    return pg_cluster.create_database(name)

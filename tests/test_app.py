@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from itertools import pairwise
 from pathlib import Path
 
@@ -229,6 +230,13 @@ def test_cli_app_refuses_a_busy_port(tiny_run):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "pick another --port" in r.stderr
 
 
+def test_cli_app_refuses_a_feedback_store_it_cannot_open(tiny_run, tmp_path):
+    (tmp_path / "file").write_text("")
+    for url in (f"sqlite:///{tmp_path / 'file' / 'feedback.db'}", "mysql://u@h/db"):
+        r = run_cli("app", tiny_run, "--port", str(free_port()), "--feedback-db", url, timeout=60)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:"), r.stderr
+
+
 # --------------------------------------------------------------------------------------------- AppTest
 
 
@@ -308,25 +316,35 @@ def test_apptest_undo_rebuilds_the_canvas_without_the_last_stroke(at, tiny_run):
     assert at.session_state["canvas_init"] is None and app.EMPTY_HINT in alerts(at)
 
 
-def test_apptest_model_is_loaded_once_per_process(at, tiny_run, monkeypatch):
+@pytest.mark.parametrize(("flag", "tta"), [(None, False), ("0", False), ("1", True)])
+def test_apptest_model_is_loaded_once_per_process_without_tta_unless_asked(at, tiny_run, monkeypatch, flag, tta):
+    """The serving policy: no test-time augmentation unless `digitlab app --tta` (the run's config asks for it);
+    one checkpoint load per process, shared by the predictor and the saliency view."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
+    from digitlab.core import rundir
     from digitlab.inference.predict import Predictor
+    from digitlab.model import forward
 
-    calls, original = [], Predictor.from_run.__func__
+    assert rundir.RunDir(tiny_run).read_config().tta  # the run's own config would turn it on
+    if flag is not None:
+        monkeypatch.setenv(app.TTA_ENV, flag)
+    calls, loads, original, load = [], [], Predictor.from_run.__func__, forward.load_model
 
     def counting(cls, *args, **kwargs):
-        calls.append(args)
+        calls.append(kwargs)
         return original(cls, *args, **kwargs)
 
     monkeypatch.setattr(Predictor, "from_run", classmethod(counting))
+    monkeypatch.setattr(forward, "load_model", lambda *a, **k: loads.append(a) or load(*a, **k))
     st.cache_resource.clear()
     at.run()
     at.session_state["canvas-0"] = canvas_state(SHAPES["1"])
     at.run()
     AppTest.from_file(str(APP_SCRIPT), default_timeout=60).run()  # a second visitor
-    assert not at.exception and len(calls) == 1
+    assert not at.exception and len(calls) == 1 and len(loads) == 1
+    assert calls[0]["tta"] is tta
 
 
 def test_apptest_scribble_is_not_a_digit(at):
@@ -420,14 +438,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(good_run, tmp_path_factory):
-    """`digitlab app RUN --port P` started as a user would, until the module's tests are done."""
+def demo_store(tmp_path_factory) -> str:
+    """The SQLite store the browser tests' app writes its feedback to."""
+    return f"sqlite:///{tmp_path_factory.mktemp('app-feedback') / 'feedback.db'}"
+
+
+@pytest.fixture(scope="module")
+def server(good_run, demo_store, tmp_path_factory):
+    """`digitlab app RUN --port P --feedback-db URL` started as a user would, until the module's tests are done."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("app-server") / "app.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "digitlab.cli", "app", str(good_run), "--port", str(port), "--feedback-db", demo_store]
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "digitlab.cli", "app", str(good_run), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://localhost:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -538,6 +562,71 @@ def test_browser_draw_1_7_0_and_clear(server, browser):
     page.close()
 
 
+GRID = (0.05, 0.5, 0.95)  # where strokes start, in canvas fractions: both edges and the middle, each way
+INK_JS = """([canvas, x, y]) => {
+  const d = canvas.getContext("2d").getImageData(x - 2, y - 2, 5, 5).data;
+  let darkest = 255;
+  for (let i = 0; i < d.length; i += 4) darkest = Math.min(darkest, d[i]);
+  return darkest;
+}"""  # the darkest red value of the 5x5 pixels around (x, y) on Fabric's drawing layer
+
+
+@needs_browser
+def test_browser_strokes_land_wherever_they_start(server, browser):
+    """A short stroke starting in each of the canvas's nine regions, corners included, becomes ink where it was
+    drawn: nothing over the canvas (the component's own toolbar covered the top of its right half) takes it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    box = open_app(page, server).bounding_box()
+    layer = page.locator("canvas.dc-canvas.lower-canvas")  # what the strokes became, as the app receives it
+    lost = []
+    for fy in GRID:
+        for fx in GRID:
+            end = (fx + 0.1, fy) if fx == fy == 0.5 else (fx + (0.5 - fx) * 0.2, fy + (0.5 - fy) * 0.2)
+            spot = [round((fx + end[0]) / 2 * app.CANVAS_PX), round((fy + end[1]) / 2 * app.CANVAS_PX)]
+            assert page.evaluate(INK_JS, [layer.element_handle(), *spot]) == 255  # paper before the stroke
+            page.mouse.move(1, 1)  # the pen arrives from off the canvas, as a finger or a stylus does
+            mouse_strokes(page, box, [[(fx, fy), end]])
+            try:
+                page.wait_for_function(f"a => ({INK_JS})(a) < 100", arg=[layer.element_handle(), *spot], timeout=3000)
+            except PlaywrightTimeout:
+                lost.append((fx, fy))
+    shot(page, "app-strokes-everywhere")
+    assert not lost, f"strokes starting at these canvas fractions left no ink: {lost}"
+    page.close()
+
+
+@needs_browser
+def test_browser_wrong_its_a_7_stores_a_row(server, browser, demo_store, good_run):
+    """Draw a 1, opt in, tap "Wrong — it's a 7": one row in the store, as the visitor labelled it."""
+    from digitlab.data.feedback_store import FeedbackStore
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    canvas = open_app(page, server)
+    mouse_strokes(page, canvas.bounding_box(), SHAPES["1"])
+    page.wait_for_function(DIGIT_JS, arg="1", polling="raf", timeout=20_000)
+    seven = page.locator(".st-key-fb-draw-7 button")
+    assert seven.is_disabled() and page.get_by_text("Wrong — it's a").is_visible()  # until the visitor opts in
+    page.locator(".st-key-fb-draw-optin label").click()
+    seven.click()  # once enabled
+    page.get_by_text("Stored as a 7").wait_for(timeout=20_000)
+    page.get_by_text("You have shared 1 drawing from this browser · 1 in the store").wait_for()
+    shot(page, "app-feedback-stored")
+    page.close()
+    with FeedbackStore.open(demo_store, create=False) as store:
+        [row] = store.rows()
+    assert (row.label, row.source, row.model, row.predicted, row.status) == (
+        7,
+        "demo",
+        good_run.resolve().name,
+        1,
+        "ok",
+    )
+    assert row.media_type == "image/png" and Image.open(io.BytesIO(row.image)).size == (app.CANVAS_PX, app.CANVAS_PX)
+    assert str(uuid.UUID(row.session)) == row.session and row.model_input.shape == (28, 28)
+
+
 @needs_browser
 def test_browser_upload_number_and_bad_file(server, browser, mnist, tmp_path):
     content, text = number_png(mnist, [3, 0, 7])
@@ -576,6 +665,10 @@ def test_browser_phone_touch_drawing(server, browser):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
     assert page.locator(".dl-digit").bounding_box()["y"] < 844  # the answer is on the first screen
     page.get_by_text("answered in").wait_for()
+    # the feedback buttons: fingertip-sized, wrapping onto a second row rather than off the screen
+    digits = [page.locator(f".st-key-fb-draw-{d} button").bounding_box() for d in range(10)]
+    assert all(b["width"] >= 44 and b["height"] >= 44 and b["x"] + b["width"] <= 390 for b in digits), digits
+    assert len({round(b["y"]) for b in digits}) >= 2
     page.screenshot(path=str(ARTIFACTS / "app-phone-7.png"))
     shot(page, "app-phone-7-full")
     context.close()

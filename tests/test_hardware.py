@@ -31,3 +31,23 @@ def test_cpu_info_reads_proc_cpuinfo(tmp_path):
     info = cpu_info(fake)
     assert info.model == "AMD EPYC 7B13" and info.flags == {"avx2", "fma"}
     assert cpu_info(tmp_path / "missing").flags == frozenset()
+
+
+def test_an_isa_cap_makes_a_bf16_cpu_an_fp32_one(tmp_path, monkeypatch):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("model name\t: AMD EPYC 9B14\nflags\t\t: avx2 fma avx512f avx512_bf16\n")
+    assert cpu_info(fake, isa_cap="").isa == "AVX-512 + bf16"
+    capped = cpu_info(fake, isa_cap="avx2")
+    assert capped.flags == {"avx2", "fma"} and capped.isa == "AVX2/FMA (fp32 only)"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_info(fake).isa == "AVX2/FMA (fp32 only)"  # as oneDNN will run it
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert cpu_info(fake).isa == "AVX-512 + bf16"
+
+
+def test_bf16_kernels_without_native_bf16_instructions_train_in_fp32():
+    # oneDNN can run bf16 on AVX2 by emulation (or past an ONEDNN_MAX_CPU_ISA cap): slower than fp32
+    choice = choose_precision("auto", "cpu", EPYC_FP32, bf16_supported=True)
+    assert choice.dtype is None and "no native bf16" in choice.reason
+    unknown = CpuInfo("arm64", frozenset())  # no x86 flags to go by: trust the library
+    assert choose_precision("auto", "cpu", unknown, bf16_supported=True).dtype == "bfloat16"

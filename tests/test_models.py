@@ -112,3 +112,14 @@ def test_thicken_strokes_fattens_a_share_of_the_batch_and_never_removes_ink():
     grown = (y - x).flatten(1).sum(1) > 0
     assert 0.35 < grown.float().mean().item() < 0.65  # about half the images, the rest untouched
     assert (y - x).flatten(1).sum(1).max() > 0.8 * 2 * 18  # up to a pixel more on each side of the stroke
+
+
+def test_thicken_strokes_reach_two_grows_up_to_two_pixels_a_side_and_no_further():
+    x = torch.zeros(400, 1, 28, 28)
+    x[:, :, 6:22, 13:15] = 1
+    y = thicken_strokes(x, 1.0, torch.Generator().manual_seed(0), reach=2.0)
+    width = (y[:, 0, 14] > 0).sum(1)  # ink pixels across the middle row
+    assert width.max() == 2 + 2 * 2 and width.min() >= 2
+    assert (width > 4).float().mean() > 0.3  # past the 3x3 dilation for the larger half of the draws
+    assert torch.equal(thicken_strokes(x, 1.0, torch.Generator().manual_seed(0)),
+                       thicken_strokes(x, 1.0, torch.Generator().manual_seed(0), reach=1.0))  # fmt: skip

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from digitlab.cli.feedback import DEMO_FEEDBACK_DB_HELP, FEEDBACK_DB_HELP, feedback_app, serve_feedback_db
 from digitlab.core.errors import ConfigError, DigitlabError
 from digitlab.core.rundir import default_run
 
@@ -21,6 +22,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect, verify, download and
 runs_app = typer.Typer(no_args_is_help=True, help="List and compare run directories.")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.add_typer(feedback_app, name="feedback")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -794,6 +796,11 @@ def app_command(
     run: Path = typer.Argument(None, metavar="RUN", help="Run directory (default: the bundled model)."),  # noqa: B008
     port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to serve on."),
     address: str = typer.Option("localhost", "--address", help="Address to listen on (0.0.0.0: other devices too)."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help=TTA_HELP),
+    feedback_db: str | None = typer.Option(
+        None, "--feedback-db", envvar="DIGITLAB_FEEDBACK_DB", help=DEMO_FEEDBACK_DB_HELP
+    ),
+    no_feedback: bool = typer.Option(False, "--no-feedback", help="Run the demo without its feedback buttons."),
 ) -> None:
     """Start the web app: draw or upload a digit, see the answer, its probabilities and why (Streamlit)."""
     import os
@@ -816,6 +823,7 @@ def app_command(
         except OSError as e:
             reason = e.strerror or e
             raise DigitlabError(f"cannot listen on {address}:{port} ({reason}) — pick another --port") from None
+    store = serve_feedback_db(feedback_db, no_feedback, without="the feedback buttons")
     script = Path(__file__).parents[1] / "serving" / "demo.py"
     args = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port), "--server.address",
             address, "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType",
@@ -823,7 +831,12 @@ def app_command(
             "minimal", "--global.developmentMode", "false"]  # fmt: skip
     console.print(f"[bold]digitlab app[/] {run} → http://{address}:{port}  (Ctrl+C to stop)", highlight=False)
     sys.stdout.flush()
-    os.execve(sys.executable, args, {**os.environ, "DIGITLAB_APP_RUN": str(run.resolve())})
+    # the variables app.RUN_ENV, app.TTA_ENV and app_feedback.STORE_ENV name
+    env = {k: v for k, v in os.environ.items() if k != "DIGITLAB_APP_FEEDBACK_DB"}
+    env.update(DIGITLAB_APP_RUN=str(run.resolve()), DIGITLAB_APP_TTA="1" if tta else "0")
+    if store is not None or no_feedback:  # else the page tries the default store and says in one line it cannot
+        env["DIGITLAB_APP_FEEDBACK_DB"] = store or ""
+    os.execve(sys.executable, args, env)
 
 
 # ---------------------------------------------------------------------------------------------- serve
@@ -899,6 +912,8 @@ def serve(
     cpus: str | None = typer.Option(
         None, "--cpus", help="Run the server on these CPU cores only, e.g. 1 or 0,2-3 (Linux; workers share them)."
     ),
+    feedback_db: str | None = typer.Option(None, "--feedback-db", envvar="DIGITLAB_FEEDBACK_DB", help=FEEDBACK_DB_HELP),
+    no_feedback: bool = typer.Option(False, "--no-feedback", help="Serve without the /v1/feedback routes."),
 ) -> None:
     """Serve RUN as a REST API (FastAPI + uvicorn): /v1/predict, /v1/predict/batch, /v1/read, /v1/model, /docs.
 
@@ -940,6 +955,7 @@ def serve(
         raise ConfigError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
     if not wait_for_model:
         settings.check()  # a missing run or model file fails here, in one line, not in every worker
+    settings = settings.model_copy(update={"feedback_db": serve_feedback_db(feedback_db, no_feedback)})
     if cpus is not None:
         pin_to_cpus(cpus)
     with socket.socket() as s:

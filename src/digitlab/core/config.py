@@ -46,6 +46,8 @@ class TrainConfig:
     elastic: float = 0.0  # augmentation: elastic distortion strength in pixels (Simard's alpha; 0: off)
     elastic_sigma: float = 4.0  # augmentation: smoothness of the elastic field in pixels
     thicken: float = 0.0  # augmentation: share of images whose strokes are fattened (0: off; fat-pen input)
+    restroke: float = 0.0  # augmentation: share of each batch swapped for training digits re-drawn with a random pen
+    thicken_reach: float = 1.0  # the most a fattened stroke grows, in pixels each side (2 closes small loops)
     corrupt: float = 0.0  # augmentation: share of images given one degradation from `corrupt_ops` (0: off)
     corrupt_ops: list[str] = field(default_factory=lambda: list(CORRUPT_OPS))  # names in noise_augment.OPS
     ema: float | None = None  # decay of an exponential moving average of the weights, per step; None: off

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide CPU training speed
+# oneDNN's ONEDNN_MAX_CPU_ISA caps the instructions PyTorch's CPU kernels use (an AVX2 cap makes a bf16 machine
+# train as an fp32-only one would); these are the flags each cap leaves.
+ISA_CAPS = {
+    "AVX2": {"avx2", "fma"},
+    "AVX512_CORE": {"avx2", "fma", "avx512f"},
+    "AVX512_CORE_BF16": {"avx2", "fma", "avx512f", "avx512_bf16"},
+}
 
 
 @dataclass(frozen=True)
@@ -27,12 +35,20 @@ class CpuInfo:
             return "AVX2/FMA (fp32 only)" if "fma" in self.flags else "AVX2 (fp32 only)"
         return "no AVX2"
 
+    @property
+    def native_bf16(self) -> bool | None:
+        """Whether the CPU computes bf16 natively; None where the flags are unknown (not x86 Linux)."""
+        return bool(self.flags & {"avx512_bf16", "amx_bf16"}) if self.flags else None
+
     def describe(self) -> str:
         return f"{self.model} ({self.isa})"
 
 
-def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
-    """The CPU's model name and ISA flags from /proc/cpuinfo (Linux); elsewhere the platform's name, no flags."""
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo"), isa_cap: str | None = None) -> CpuInfo:
+    """The CPU's model name and ISA flags from /proc/cpuinfo (Linux); elsewhere the platform's name, no flags.
+
+    Flags above `isa_cap` (default: the ONEDNN_MAX_CPU_ISA environment variable, e.g. "AVX2") are dropped:
+    PyTorch will not use them, so neither may the precision choice."""
     model, flags = platform.processor() or platform.machine(), frozenset()
     try:
         for line in cpuinfo.read_text().splitlines():
@@ -44,6 +60,9 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
                 break
     except OSError:
         pass
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") if isa_cap is None else isa_cap) or ""
+    if cap.upper() in ISA_CAPS:
+        flags &= frozenset(ISA_CAPS[cap.upper()])
     return CpuInfo(model, flags)
 
 
@@ -62,7 +81,8 @@ def choose_precision(precision: str, device_type: str, cpu: CpuInfo, bf16_suppor
         return PrecisionChoice(None, "asked for fp32")
     if device_type == "cuda":
         return PrecisionChoice("float16", "CUDA: fp16 autocast with a gradient scaler")
-    if device_type == "cpu" and bf16_supported:
+    # oneDNN may report bf16 kernels where the CPU only emulates them (an ISA cap, or no bf16 instructions).
+    if device_type == "cpu" and bf16_supported and cpu.native_bf16 is not False:
         return PrecisionChoice("bfloat16", f"this CPU has native bf16: {cpu.isa}")
     if device_type == "cpu":
         return PrecisionChoice(None, f"fp32: this CPU has no native bf16 ({cpu.isa}); emulated bf16 would be slower")

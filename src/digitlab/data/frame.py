@@ -74,8 +74,9 @@ def _centre_of_mass(a: np.ndarray) -> tuple[float, float]:
     return float((a * rows).sum() / mass), float((a * cols).sum() / mass)
 
 
-def to_mnist(x: np.ndarray, thin: bool) -> np.ndarray:
-    """Crop to the ink, fit the longer side to 20 px, paste into 28x28 with the centre of mass at (14, 14)."""
+def frame_ink(x: np.ndarray, thin: bool = False) -> np.ndarray:
+    """Ink coverage (float, any size, ink > 0) -> a 28x28 uint8 digit framed as MNIST framed them: cropped to the
+    ink, the longer side fitted to 20 px, pasted into 28x28 with the centre of mass at (14, 14)."""
     out = np.zeros((SIDE, SIDE), np.float32)
     if not x.any():
         return out.astype(np.uint8)

@@ -16,7 +16,7 @@ from PIL import Image
 from digitlab.core.errors import ImageError
 from digitlab.data.clean import clean_ink, gray_of, light_background, load_gray, prepare
 from digitlab.data.decode import DEFAULT_PIXEL_LIMIT, ImageSource, load_image
-from digitlab.data.frame import BOX_SIDE, SIDE, THIN_ABOVE, crop_to_ink, is_mnist_format, to_mnist
+from digitlab.data.frame import BOX_SIDE, SIDE, THIN_ABOVE, crop_to_ink, frame_ink, is_mnist_format
 from digitlab.data.lowres import restore, restore_array
 from digitlab.data.measure import InkStats, ink_stats_of, stroke_width
 from digitlab.data.pixels import Box, resize, to_u8, unit_float
@@ -127,7 +127,7 @@ def _preprocess_gray(g: np.ndarray, scale: float, size: tuple[int, int], thin: b
     prep = prepare(g, scale)
     stats = ink_stats_of(prep.ink, prep.contrast, prep.n_components, prep.scale)
     stats = in_source_pixels(stats, prep.scale, size)
-    return Preprocessed.build(to_mnist(prep.ink, thin), stats, size)
+    return Preprocessed.build(frame_ink(prep.ink, thin), stats, size)
 
 
 def preprocess(

@@ -7,7 +7,7 @@ from scipy import ndimage as ndi
 
 from digitlab.data.clean import load_gray, prepare
 from digitlab.data.decode import DEFAULT_PIXEL_LIMIT, ImageSource
-from digitlab.data.frame import to_mnist
+from digitlab.data.frame import frame_ink
 from digitlab.data.measure import ink_stats
 from digitlab.data.pixels import EIGHT_CONNECTED, Box
 from digitlab.data.preprocess import Preprocessed, in_source_pixels
@@ -59,7 +59,7 @@ def segment_digits(
             continue
         stats = in_source_pixels(ink_stats(part, contrast=prep.contrast), prep.scale, size)
         box = stats.bbox or (0, 0, 0, 0)  # never None: a part always holds ink
-        result.append((box, Preprocessed.build(to_mnist(part, thin), stats, stats.bbox_size)))
+        result.append((box, Preprocessed.build(frame_ink(part, thin), stats, stats.bbox_size)))
     result.sort(key=lambda r: r[0][0])
     return result
 

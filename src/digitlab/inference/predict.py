@@ -20,8 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,11 +132,12 @@ class Predictor:
         ood: OodRule | None = None,
         info: dict[str, Any] | None = None,
         thin: bool = False,
-        module: nn.Module | None = None,
-        lock: threading.Lock | None = None,
+        model: nn.Module | None = None,
+        model_lock: threading.Lock | None = None,
     ) -> None:
-        """`forward` maps uint8 (N, 28, 28) MNIST-format images to logits (N, 10), TTA included; `module` is the
-        torch model behind it (None for ONNX) and `lock` the lock `forward` holds while it runs the model."""
+        """`forward` maps uint8 (N, 28, 28) MNIST-format images to logits (N, 10), TTA included. `model`: the
+        torch module behind it (None for ONNX), for what needs gradients (the demo's saliency), used only under
+        `model_lock`, the lock `forward` holds: the checkpoint is then loaded once for both."""
         if not (temperature > 0 and math.isfinite(temperature)):
             raise RunDirError(f"temperature must be a positive number, not {temperature}")
         self._forward = forward
@@ -146,8 +146,8 @@ class Predictor:
         self.temperature = float(temperature)
         self.ood = ood
         self.thin = thin
-        self._module = module
-        self._lock = lock or threading.Lock()
+        self.model = model
+        self.model_lock = model_lock if model_lock is not None else threading.Lock()
         self._info = {**(info or {}), "backend": backend, "temperature": self.temperature, "tta": tta,
                       "ood": None if ood is None else ood.to_dict()}  # fmt: skip
 
@@ -182,10 +182,11 @@ class Predictor:
         config = rd.read_config() if rd.config.exists() else None
         if tta is None:
             tta = bool(config.tta) if config is not None else False
+        model = lock = None
         if backend == "torch":
-            forward, device_name, module, lock = _torch_forward(rd, device, threads, tta)
+            forward, device_name, model, lock = _torch_forward(rd, device, threads, tta)
         else:
-            (forward, device_name), module, lock = _onnx_forward(rd, backend, threads, tta), None, None
+            forward, device_name = _onnx_forward(rd, backend, threads, tta)
         temperature, ood = _calibration(rd, allow_uncalibrated)
         metrics = read_json_lenient(rd.metrics)
         info = {
@@ -198,20 +199,13 @@ class Predictor:
             "device": device_name,
             "calibrated": ood is not None,
         }
-        return cls(forward, backend=backend, tta=tta, temperature=temperature, ood=ood, info=info, module=module,
-                   lock=lock)  # fmt: skip
+        return cls(forward, backend=backend, tta=tta, temperature=temperature, ood=ood, info=info, model=model,
+                   model_lock=lock)  # fmt: skip
 
     @property
     def info(self) -> dict[str, Any]:
         """What an API's /v1/model shows: run id, preset, params, test accuracy, temperature, backend, OOD rule."""
         return dict(self._info)
-
-    @contextmanager
-    def torch_model(self) -> Iterator[nn.Module | None]:
-        """The torch module that answers (None for the ONNX backends), held: no prediction runs through it
-        meanwhile. For gradients on the very weights that answered (the demo's saliency map)."""
-        with self._lock:
-            yield self._module
 
     # ------------------------------------------------------------------------------------------- predicting
 

@@ -153,6 +153,7 @@ class ApiSettings(BaseModel):
         description="Test-time augmentation (5 forward passes per image); None: as the run's config. Off by "
         "default: the bundled model gains nothing measurable from it (docs/serving.md).",
     )
+    feedback_db: str | None = Field(None, repr=False, description="Feedback store URL; None: no /v1/feedback routes.")
 
     @field_validator("api_key")
     @classmethod
@@ -519,6 +520,11 @@ def _image_from_json(body: bytes) -> bytes:
     except ValidationError as e:
         where = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
         raise InvalidRequest(f'expected {{"image": "<base64>"}}: {where}') from None
+    return image_from_text(text)
+
+
+def image_from_text(text: str) -> bytes:
+    """The bytes of a JSON body's image: base64 (standard or URL-safe alphabet) or a data: URL."""
     if text.startswith("data:"):
         header, sep, text = text.partition(",")
         if not sep or not header.endswith(";base64"):
@@ -801,11 +807,17 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
     async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    if settings.feedback_db is not None:
+        from digitlab.serving.feedback import add_feedback_routes
+
+        add_feedback_routes(app, service, auth, settings.feedback_db)
+
     # Outermost first: request id / metrics / access log, then CORS (so errors carry its headers), then the
     # body limit (so nothing reads past it).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Content-Type", "Authorization", "X-API-Key", REQUEST_ID_HEADER],
                            expose_headers=[REQUEST_ID_HEADER], max_age=600)  # fmt: skip
     routes = frozenset(getattr(r, "path", "") for r in app.routes)

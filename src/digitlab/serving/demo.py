@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image, ImageColor, ImageDraw
 
 from digitlab.core.jsonfile import read_json_lenient
 from digitlab.core.rundir import default_run
+from digitlab.serving.demo_feedback import feedback_widget, png_bytes
 
 if TYPE_CHECKING:  # heavy imports stay out of module import: the script imports torch only to load the model
     from torch import nn
@@ -21,6 +23,7 @@ if TYPE_CHECKING:  # heavy imports stay out of module import: the script imports
     from digitlab.inference.predict import Prediction, Predictor, ReadDigit, ReadResult
 
 RUN_ENV = "DIGITLAB_APP_RUN"  # `digitlab app RUN` passes the run directory to the script through this variable
+TTA_ENV = "DIGITLAB_APP_TTA"  # "1": `digitlab app --tta`; else no test-time augmentation, as `digitlab serve`
 CANVAS_PX = 280  # 10x MNIST: fits a 390 px phone screen with Streamlit's margins
 STROKE_DEFAULT = 22  # a thick marker, like MNIST's ~2 px strokes on a 20 px digit
 PEN, ERASER = ":material/edit: Pen", ":material/ink_eraser: Eraser"
@@ -39,6 +42,7 @@ CSS = """<style>
 </style>"""
 
 log = logging.getLogger("digitlab.app")
+_grad_lock = threading.Lock()
 
 # --------------------------------------------------------------------------------------------- canvas pixels
 
@@ -125,17 +129,20 @@ def drawing_objects(drawing: dict[str, Any] | None) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- saliency
 
 
-def integrated_gradients(model: nn.Module, image: np.ndarray, target: int, steps: int = 32) -> np.ndarray:
+def integrated_gradients(model: nn.Module, image: np.ndarray, target: int, steps: int = 32,
+                         lock: threading.Lock = _grad_lock) -> np.ndarray:  # fmt: skip
     """Integrated gradients (black-image baseline) of `target`'s logit w.r.t. a uint8 (28, 28) MNIST image:
-    float32 (28, 28); positive where the pixel's ink pushed the model towards `target`."""
+    float32 (28, 28); positive where the pixel's ink pushed the model towards `target`. `lock`: held while the
+    model runs (the predictor's, when the model is the predictor's)."""
     import torch
 
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None, None]
     alphas = torch.linspace(1 / steps, 1, steps).view(-1, 1, 1, 1)
     device = next(model.parameters()).device
     path = (alphas * x).to(device).requires_grad_(True)
-    logits = model(path)[:, target]  # the caller holds the model (`Predictor.torch_model`): one pass at a time
-    (grads,) = torch.autograd.grad(logits.sum(), path)
+    with lock:  # one pass at a time through a model shared by every session
+        logits = model(path)[:, target]
+        (grads,) = torch.autograd.grad(logits.sum(), path)
     return (x[0, 0] * grads.mean(0)[0].cpu()).detach().numpy().astype(np.float32)
 
 
@@ -295,12 +302,10 @@ def run_from_env() -> Path:
 # --------------------------------------------------------------------------------------------- the page
 
 
-def _load_predictor(run: str) -> Predictor:
-    """The run's torch predictor, as the API serves it: without test-time augmentation (`digitlab serve`'s
-    default); torch, so that the saliency map has gradients of the very model that answered."""
+def _load_predictor(run: str, tta: bool) -> Predictor:
     from digitlab.inference.predict import Predictor
 
-    return Predictor.from_run(run, tta=False)
+    return Predictor.from_run(run, tta=tta)  # the torch backend: its model also gives the saliency
 
 
 def render() -> None:
@@ -313,7 +318,8 @@ def render() -> None:
     st.markdown(CSS, unsafe_allow_html=True)
     try:
         run = run_from_env()
-        predictor = st.cache_resource(show_spinner="loading the model…")(_load_predictor)(str(run))
+        tta = os.environ.get(TTA_ENV) == "1"
+        predictor = st.cache_resource(show_spinner="loading the model…")(_load_predictor)(str(run), tta)
     except DigitlabError as e:
         st.error(f"Cannot load the model: {e}")
         st.stop()
@@ -349,7 +355,7 @@ def _undo(st: Any) -> None:
 
 
 def _draw(st: Any, predictor: Predictor) -> None:
-    from streamlit_drawable_canvas import st_canvas
+    from digitlab.serving.demo_canvas import st_canvas
 
     # One row on a desktop; on a phone it wraps to buttons, then the slider, so the answer sits under the canvas.
     with st.container(horizontal=True, gap="xsmall", vertical_alignment="bottom"):
@@ -357,7 +363,6 @@ def _draw(st: Any, predictor: Predictor) -> None:
         st.button("Undo", icon=":material/undo:", on_click=_undo, args=(st,), key="undo")
         st.button("Clear", icon=":material/delete:", on_click=_clear, args=(st,), key="clear")
         st.slider("Stroke width", 6, 40, STROKE_DEFAULT, key="stroke", width=220)
-    st.space("small")  # room for the canvas's own toolbar, which shows above it on hover
     left, right = st.columns([1, 1], gap="medium")
     with left:
         result = st_canvas(stroke_width=int(st.session_state.get("stroke", STROKE_DEFAULT)),
@@ -381,6 +386,8 @@ def _draw(st: Any, predictor: Predictor) -> None:
             return
         pred = predictor.predict(gray)[0]
         _show_answer(st, pred)
+    drawn = result.image_bytes if rgba is not None else png_bytes(gray)  # the canvas's PNG, as it sent it
+    feedback_widget(st, pred, drawn, str(predictor.info.get("run")), "draw")
     _show_why(st, pred, predictor, start)
 
 
@@ -408,10 +415,8 @@ def _show_why(st: Any, pred: Prediction, predictor: Predictor, start: float | No
         return
     with st.container(horizontal=True, gap="small"):  # side by side, even on a phone (2 x 168 px + 16 px)
         st.image(enlarge(pred.input), caption="what the model sees (28×28)", width=28 * ZOOM)
-        with predictor.torch_model() as model:  # no prediction runs through it meanwhile
-            attribution = None if pred.status != "ok" or model is None else \
-                integrated_gradients(model, pred.input, int(pred.digit))  # fmt: skip
-        if attribution is not None:
+        if pred.status == "ok" and predictor.model is not None:
+            attribution = integrated_gradients(predictor.model, pred.input, int(pred.digit), lock=predictor.model_lock)
             st.image(saliency_overlay(pred.input, attribution), width=28 * ZOOM,
                      caption=f"why: red ink argued for {pred.digit}, blue against")  # fmt: skip
     if start is not None:
@@ -441,6 +446,9 @@ def _upload(st: Any, predictor: Predictor) -> None:
             st.info("No digit found in that image. Try a photo with dark ink on light paper, filling the frame.")
             return
         _show_reading(st, result, load_image(data), predictor)
+        digits = [d for d in result.digits if d.status != "empty"]
+        if len(digits) == 1:  # one digit, one label (a number's digits are not labelled one by one)
+            feedback_widget(st, digits[0].prediction, data, str(predictor.info.get("run")), "upload")
     except Exception as e:  # noqa: BLE001 (a demo must survive any file)
         log.exception("upload %r failed", getattr(up, "name", "?"))
         st.error(friendly_error(" ".join(str(e).split()) or type(e).__name__))

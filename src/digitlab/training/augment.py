@@ -99,14 +99,23 @@ def random_affine(
     return apply_affine(x, p, offsets)
 
 
-def thicken_strokes(x: torch.Tensor, share: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Fatten the strokes of a random `share` of the batch by up to one pixel each side (stroke-width augmentation).
+def thicken_strokes(
+    x: torch.Tensor, share: float, generator: torch.Generator | None = None, reach: float = 1.0
+) -> torch.Tensor:
+    """Fatten the strokes of a random `share` of the batch by up to `reach` pixels each side (stroke-width
+    augmentation, for fat-pen input).
 
-    A 3x3 grey dilation (max pooling, stride 1) roughly doubles MNIST's ~2 px strokes; each chosen image gets
-    a random blend t in [0, 1] of it, so stroke widths between the original and the dilated one are all seen.
+    A 3x3 grey dilation (max pooling, stride 1) roughly doubles MNIST's ~2 px strokes, a 5x5 one closes small
+    loops as a fat marker does; each chosen image grows by a random g in [0, reach] px, blending between the
+    dilations, so every stroke width in between is seen.
     """
     if share <= 0:
         return x
     u = torch.rand(len(x), 2, generator=generator, device=x.device)
-    t = torch.where(u[:, 0] < share, u[:, 1], torch.zeros_like(u[:, 1])).to(x.dtype).view(-1, 1, 1, 1)
-    return x + t * (F.max_pool2d(x, 3, stride=1, padding=1) - x)
+    g = torch.where(u[:, 0] < share, u[:, 1] * reach, torch.zeros_like(u[:, 1])).to(x.dtype).view(-1, 1, 1, 1)
+    out, prev = x, x
+    for r in range(1, max(1, math.ceil(reach)) + 1):
+        grown = F.max_pool2d(x, 2 * r + 1, stride=1, padding=r)
+        out = out + (g - (r - 1)).clamp(0, 1) * (grown - prev)
+        prev = grown
+    return out

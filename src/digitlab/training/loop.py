@@ -48,6 +48,7 @@ from digitlab.training.checkpointing import (
 from digitlab.training.distributed import Dist, init_distributed, shutdown
 from digitlab.training.noise_augment import corruption_augment
 from digitlab.training.optim import ema_update, make_optimizer, make_scheduler, precision_choice, seed_everything
+from digitlab.training.restroke import pen_pool, swap_in
 from digitlab.training.stopping import Interrupted, StopRequest, stop_on_signals
 
 __all__ = ["Finished", "Interrupted", "Reporter", "TrainResult", "run_training"]
@@ -178,6 +179,7 @@ class _Session:
     gen: torch.Generator  # shuffling + augmentation
     hardware: dict[str, str]  # the CPU and the precision, said once and kept in metrics.json
     state: TrainState = field(default_factory=TrainState)
+    pens: tuple[torch.Tensor, torch.Tensor] | None = None  # the `restroke` pool (images, labels); None when off
 
     @property
     def final(self) -> nn.Module:
@@ -224,6 +226,10 @@ def _start(config: TrainConfig, rd: RunDir, dd: Dist, device: torch.device, resu
         restore(rd, saved, model, opt, sched, scaler, ema, s.state, gen, dd)
     elif dd.is_main:
         start_fresh(rd, config)
+    t_pool = time.perf_counter()  # the pen-width copies are part of the recipe's cost: timed with training
+    s.pens = pen_pool(train_split.images, train_split.labels, config.restroke, config.seed, reporter is not None,
+                      device)  # fmt: skip
+    s.state.train_seconds += time.perf_counter() - t_pool
     return s
 
 
@@ -288,12 +294,13 @@ def _batch(s: _Session) -> tuple[torch.Tensor, torch.Tensor]:
     """The next training batch (images, labels), augmented as the config says."""
     c, state = s.config, s.state
     idx = state.perm[state.step * s.batch : (state.step + 1) * s.batch].to(s.device)
-    x = random_affine(s.x_all[idx], c.rotate, c.zoom, c.translate, s.aug_gen, c.elastic, c.elastic_sigma)
-    x = thicken_strokes(x, c.thicken, s.aug_gen)
+    x, y = swap_in(s.x_all[idx], s.y_all[idx], s.pens, c.restroke, s.aug_gen)
+    x = random_affine(x, c.rotate, c.zoom, c.translate, s.aug_gen, c.elastic, c.elastic_sigma)
+    x = thicken_strokes(x, c.thicken, s.aug_gen, c.thicken_reach)
     x = corruption_augment(x, c.corrupt, c.corrupt_ops, s.aug_gen)
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, s.y_all[idx]
+    return x, y
 
 
 def _step(s: _Session) -> None:
