@@ -19,7 +19,7 @@ import numpy as np
 from digitlab.core.rundir import RunDir
 from digitlab.data.datasets import load_dataset, split_data
 from digitlab.data.preprocess import preprocess_array
-from digitlab.data.realworld import canvas_set
+from digitlab.data.synth import canvas_set
 from digitlab.evaluation.realworld import score_realworld
 from digitlab.model.forward import load_model, predict_logits
 from digitlab.training.ensemble import split_key

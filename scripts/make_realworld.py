@@ -8,7 +8,7 @@ Usage (from the repository root):
 
 Writes canvas.npz (MNIST test digits re-drawn as 280x280 browser-canvas exports), photo.npz (the same kind of
 digits photographed on paper, as JPEG bytes), fonts.npz (digits 0-9 from the fonts in
-digitlab.data.realworld.FONTS, each with `--font-variants` images per digit), and from `digitlab.data.synth`: lowres.npz
+digitlab.data.fonts.FONTS, each with `--font-variants` images per digit), and from `digitlab.data.synth`: lowres.npz
 (low-resolution scans shown enlarged), pen.npz (thin and thick pens; every other image a glyph of a handwriting
 font) and page.npz (a small digit on a big page). Each `NAME-tune.npz` is the same kind of set made from the
 validation digits of the bundled run's split (MNIST training images; other fonts, other seeds): what
@@ -40,8 +40,9 @@ import numpy as np
 
 from digitlab.core.config import TrainConfig
 from digitlab.data.datasets import Split, load_dataset, stratified_split
-from digitlab.data.realworld import FONTS, SET_NAMES, canvas_set, find_fonts, font_set, photo_set, save_realworld
-from digitlab.data.synth import lowres_set, page_set, pen_set, relabel
+from digitlab.data.fonts import FONTS, find_fonts, font_set
+from digitlab.data.realworld import SET_NAMES, save_realworld
+from digitlab.data.synth import canvas_set, lowres_set, page_set, pen_set, photo_set, relabel
 from digitlab.evaluation.refusal import TUNE_SETS
 
 REPO = Path(__file__).resolve().parents[1]

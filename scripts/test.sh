@@ -13,7 +13,7 @@ command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/
 PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 # the fonts of the real-world "fonts" set and the rendered letters of the "not a digit" rule
-fonts=$("$PY" -c 'from digitlab.data.realworld import FONTS; print(" ".join(sorted({f[0] for f in FONTS})))' 2>/dev/null \
+fonts=$("$PY" -c 'from digitlab.data.fonts import FONTS; print(" ".join(sorted({f[0] for f in FONTS})))' 2>/dev/null \
         || echo fonts-dejavu-core)
 for p in $fonts; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from digitlab.data import fonts as fonts_module
 from digitlab.data import realworld as rw
+from digitlab.data import synth
 from digitlab.data.preprocess import naive_resize, preprocess, preprocess_array
 from digitlab.evaluation import realworld as scoring
 from digitlab.evaluation.sections import REPORT_HEADING
@@ -41,14 +43,14 @@ def mnist_index(origin: str) -> int:
 
 @pytest.fixture(scope="module")
 def canvas(mnist):
-    return rw.canvas_set(mnist.test, 16, seed=3)
+    return synth.canvas_set(mnist.test, 16, seed=3)
 
 
 @pytest.fixture(scope="module")
 def fonts():
-    found = rw.find_fonts()
+    found = fonts_module.find_fonts()
     if not found:
-        pytest.skip("none of digitlab.data.realworld.FONTS is installed")
+        pytest.skip("none of digitlab.data.fonts.FONTS is installed")
     return found[:2]
 
 
@@ -56,18 +58,18 @@ def fonts():
 
 
 def test_canvas_set_is_deterministic_and_prefix_stable(mnist, canvas):
-    assert same_set(canvas, rw.canvas_set(mnist.test, 16, seed=3))
-    assert same_set(canvas.subset(slice(0, 5)), rw.canvas_set(mnist.test, 5, seed=3))  # image i: seed and i only
-    other = rw.canvas_set(mnist.test, 4, seed=4)
+    assert same_set(canvas, synth.canvas_set(mnist.test, 16, seed=3))
+    assert same_set(canvas.subset(slice(0, 5)), synth.canvas_set(mnist.test, 5, seed=3))  # image i: seed and i only
+    other = synth.canvas_set(mnist.test, 4, seed=4)
     assert not same_images(canvas.subset(slice(0, 4)), other)
 
 
 def test_canvas_set_pen_range_draws_fatter_strokes(mnist, canvas):
     from digitlab.data.measure import stroke_width
 
-    fat = rw.canvas_set(mnist.test, 4, seed=3, pen=(40, 40))
+    fat = synth.canvas_set(mnist.test, 4, seed=3, pen=(40, 40))
     assert (fat.params["pen"] == 40).all() and (canvas.params["pen"] <= 28).all()
-    ink = [rw._coverage_u8(img, kind).astype(np.float32) / 255 for img, kind in zip(fat.images, fat.kinds, strict=True)]
+    ink = [rw.coverage_u8(img, kind).astype(np.float32) / 255 for img, kind in zip(fat.images, fat.kinds, strict=True)]
     assert min(stroke_width(a) for a in ink) > 30  # the pen's width, give or take anti-aliasing
 
 
@@ -113,8 +115,8 @@ def test_preprocessed_canvas_is_close_to_its_mnist_digit(mnist, canvas):
 
 
 def test_photo_set_is_jpeg_ink_on_paper(mnist):
-    ds = rw.photo_set(mnist.test, 6, seed=5)
-    assert same_set(ds, rw.photo_set(mnist.test, 6, seed=5))
+    ds = synth.photo_set(mnist.test, 6, seed=5)
+    assert same_set(ds, synth.photo_set(mnist.test, 6, seed=5))
     for data, kind in zip(ds.images, ds.kinds, strict=True):
         assert isinstance(data, bytes) and data[:2] == b"\xff\xd8"
         with Image.open(io.BytesIO(data)) as im:
@@ -127,8 +129,8 @@ def test_photo_set_is_jpeg_ink_on_paper(mnist):
 
 
 def test_font_set_is_deterministic_with_both_polarities(fonts):
-    ds = rw.font_set(seed=7, fonts=fonts, variants=2)
-    assert same_set(ds, rw.font_set(seed=7, fonts=fonts, variants=2))
+    ds = fonts_module.font_set(seed=7, fonts=fonts, variants=2)
+    assert same_set(ds, fonts_module.font_set(seed=7, fonts=fonts, variants=2))
     assert len(ds) == 10 * 2 * len(fonts)
     assert sorted(set(ds.labels.tolist())) == list(range(10))
     assert {k.split("/", 1)[1] for k in ds.kinds} == set(rw.CANVAS_MODES)
@@ -140,7 +142,7 @@ def test_font_set_is_deterministic_with_both_polarities(fonts):
 
 
 def test_save_and_load_give_back_the_same_images(mnist, canvas, tmp_path):
-    photo = rw.photo_set(mnist.test, 3, seed=5)
+    photo = synth.photo_set(mnist.test, 3, seed=5)
     for ds in (canvas.subset(slice(0, 6)), photo):
         path = rw.save_realworld(ds, tmp_path / f"{ds.name}.npz", {"seed": 3})
         back = rw.load_realworld(path)
@@ -195,7 +197,7 @@ def test_evaluate_realworld_writes_metrics_and_report(tiny_run, tmp_path, mnist,
     assert f"{100 * results['canvas']['read']:.2f}% |" in section
 
     # Run again on other sets: the section is replaced, not repeated, and the rest of the report stays.
-    scoring.evaluate_realworld(run, sets={"photo": rw.photo_set(mnist.test, 4, seed=1)})
+    scoring.evaluate_realworld(run, sets={"photo": synth.photo_set(mnist.test, 4, seed=1)})
     again = (run / "report.md").read_text()
     assert again.count(REPORT_HEADING) == 1 and "| photo | 4 |" in again and "| canvas |" not in again
     assert again.split(REPORT_HEADING)[0] == report.split(REPORT_HEADING)[0]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from digitlab.data import fonts as fonts_module
 from digitlab.data import realworld as rw
 from digitlab.data import synth
 from digitlab.evaluation.refusal import TUNE_SETS
@@ -22,7 +23,7 @@ def same(a: rw.RealWorldSet, b: rw.RealWorldSet) -> bool:
 
 @pytest.fixture(scope="module")
 def handwriting():
-    fonts = [f for f in rw.find_fonts() if f[2] == "handwriting"]
+    fonts = [f for f in fonts_module.find_fonts() if f[2] == "handwriting"]
     return fonts[:2]
 
 
@@ -68,7 +69,7 @@ def test_page_set_puts_a_small_digit_on_a_big_page(mnist):
     for img, kind in zip(ds.images, ds.kinds, strict=True):
         h, w = img.shape[:2]
         assert min(h, w) >= 600 and max(h, w) <= 1200
-        cov = rw._coverage_u8(img, kind.removeprefix("page/"))
+        cov = rw.coverage_u8(img, kind.removeprefix("page/"))
         ys, _ = np.nonzero(cov)
         assert np.ptp(ys) + 1 <= 0.08 * min(h, w)  # small next to the page
 
