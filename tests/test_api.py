@@ -32,16 +32,10 @@ from schemathesis import GenerationMode
 from conftest import REPO
 from digitlab.core.errors import ConfigError, RunDirError
 from digitlab.inference.predict import Predictor
-from digitlab.serving.api import (
-    API_KEY_ENV,
-    SETTINGS_ENV,
-    TTA_ENV,
-    ApiSettings,
-    app_from_env,
-    create_app,
-    example_png,
-)
+from digitlab.serving.api import app_from_env, create_app
 from digitlab.serving.observability import JsonFormatter
+from digitlab.serving.service import example_png
+from digitlab.serving.settings import API_KEY_ENV, SETTINGS_ENV, TTA_ENV, ApiSettings
 
 # ------------------------------------------------------------------------------------------------ fixtures
 

@@ -29,7 +29,8 @@ from digitlab.cli.feedback import serve_feedback_db
 from digitlab.core.errors import DigitlabError
 from digitlab.data.feedback_store import FeedbackStore
 from digitlab.inference.predict import Predictor
-from digitlab.serving.api import API_KEY_ENV, ApiSettings, create_app
+from digitlab.serving.api import create_app
+from digitlab.serving.settings import API_KEY_ENV, ApiSettings
 from test_api import FUZZ_EXAMPLES, OPERATIONS, check_error, free_port, png_header, to_png, wait_ready
 
 FEEDBACK_OPERATIONS = [

@@ -20,10 +20,11 @@ from PIL import Image, ImageDraw
 from digitlab.core.errors import ConfigError, ImageError, RunDirError
 from digitlab.data.decode import load_image
 from digitlab.inference.predict import Predictor
-from digitlab.serving.api import API_KEY_ENV, SETTINGS_ENV, ApiSettings, create_app
+from digitlab.serving.api import create_app
 from digitlab.serving.limits import SMALL_BYTES, DecodeMemory, image_head
 from digitlab.serving.protocol import ProtocolLimits
 from digitlab.serving.server import DrainingServer, server_config
+from digitlab.serving.settings import API_KEY_ENV, SETTINGS_ENV, ApiSettings
 from test_api import check_error, free_port, png_header, serving, to_png, wait_ready
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from conftest import REPO
-from digitlab.serving.api import API_KEY_ENV
+from digitlab.serving.settings import API_KEY_ENV
 from test_api import free_port, to_png
 
 

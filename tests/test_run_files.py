@@ -225,7 +225,8 @@ def test_a_calibrated_run_says_so(tiny_run):
 def test_serving_an_uncalibrated_run_is_never_ready(broken_runs):
     from fastapi.testclient import TestClient
 
-    from digitlab.serving.api import ApiSettings, create_app
+    from digitlab.serving.api import create_app
+    from digitlab.serving.settings import ApiSettings
 
     run = broken_runs["calibration-missing"]
     with socket.socket() as sock:

@@ -928,11 +928,11 @@ def serve(
     from pydantic import ValidationError
 
     from digitlab.core.errors import ConfigError
-    from digitlab.serving.api import API_KEY_ENV, SETTINGS_ENV, TTA_ENV, ApiSettings, tta_setting
     from digitlab.serving.observability import log_config
     from digitlab.serving.security import check_api_key
     from digitlab.serving.server import serve as run_server
     from digitlab.serving.server import server_config
+    from digitlab.serving.settings import API_KEY_ENV, SETTINGS_ENV, TTA_ENV, ApiSettings, tta_setting
 
     _check_format(log_level, ("debug", "info", "warning", "error"))
     if tta is None:

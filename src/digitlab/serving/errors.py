@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -100,6 +101,12 @@ ERROR_DOCS = {
     422: "Malformed JSON, base64 or multipart body, or a missing field.",
     503: "The model is not loaded (see /readyz); retry later.",
 }
+
+
+def error_responses(*statuses: int, docs: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each in the one error shape (`docs`: other descriptions)."""
+    described = {**ERROR_DOCS, **(docs or {})}
+    return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
 
 
 def one_line(e: BaseException) -> str:

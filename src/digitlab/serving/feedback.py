@@ -33,20 +33,12 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from digitlab.data.feedback_store import FeedbackStore, FeedbackStoreError, shown_url
-from digitlab.serving.api import (
-    IMAGE_TYPES,
-    Service,
-    Upload,
-    _binary,
-    _check_image_type,
-    _media_type,
-    _predict_one,
-    example_png,
-    image_from_text,
-)
-from digitlab.serving.errors import ERROR_DOCS, ApiError, ErrorResponse, InvalidRequest, UnsupportedMediaType, one_line
+from digitlab.serving.errors import ApiError, InvalidRequest, UnsupportedMediaType, error_responses, one_line
+from digitlab.serving.routes import predict_one
+from digitlab.serving.service import Service, example_png
+from digitlab.serving.uploads import IMAGE_TYPES, Upload, binary_schema, check_image_type, image_from_text, media_type
 
-if TYPE_CHECKING:  # digitlab.inference.predict imports torch: see digitlab.serving.api
+if TYPE_CHECKING:  # digitlab.inference.predict imports torch: see digitlab.serving.service
     from digitlab.inference.predict import Prediction, Predictor
 
 __all__ = ["FeedbackCreated", "FeedbackJson", "FeedbackStatsOut", "add_feedback_routes"]
@@ -133,11 +125,11 @@ class FeedbackInput:
 
 async def _read_feedback(request: Request) -> FeedbackInput | bytes:
     """A multipart body, parsed (its fields checked); a JSON body as its bytes, for a worker thread to parse."""
-    media_type = _media_type(request.headers.get("content-type"))
-    if media_type == "application/json":
+    kind = media_type(request.headers.get("content-type"))
+    if kind == "application/json":
         return await request.body()
-    if media_type != "multipart/form-data":
-        raise UnsupportedMediaType(f"{media_type or 'no Content-Type'}: send multipart/form-data or application/json")
+    if kind != "multipart/form-data":
+        raise UnsupportedMediaType(f"{kind or 'no Content-Type'}: send multipart/form-data or application/json")
     parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=len(FIELDS),
                              max_part_size=1024)  # fmt: skip
     try:
@@ -154,10 +146,10 @@ async def _read_feedback(request: Request) -> FeedbackInput | bytes:
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         if "label" not in fields:
             raise InvalidRequest("no label: send the digit the image shows as the field 'label' (0-9)")
-        upload = Upload(await file.read(), filename=file.filename, content_type=_media_type(file.content_type))
+        upload = Upload(await file.read(), filename=file.filename, content_type=media_type(file.content_type))
     finally:
         await form.close()
-    _check_image_type(upload.content_type or "")
+    check_image_type(upload.content_type or "")
     return _checked(upload, fields.get("label"), fields.get("session"), fields.get("prediction"))
 
 
@@ -204,7 +196,7 @@ def _predict_feedback(
 ) -> tuple[FeedbackInput, Prediction]:
     """(the checked input, the server's prediction for its image); in a worker thread (JSON parsing is CPU work)."""
     item = _from_json(body) if isinstance(body, bytes) else body
-    return item, _predict_one(service, predictor, item.upload)
+    return item, predict_one(service, predictor, item.upload)
 
 
 # --------------------------------------------------------------------------------------------- the store
@@ -237,16 +229,19 @@ class StoreHandle:
 # --------------------------------------------------------------------------------------------- routes
 
 
+# What these routes' 404 and 503 mean (the other statuses as on every route).
+ERROR_DOCS = {404: "No feedback with that id.",
+              503: "The model is not loaded, or the feedback store is unavailable; retry later."}  # fmt: skip
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    docs = {**ERROR_DOCS, 404: "No feedback with that id.",
-            503: "The model is not loaded, or the feedback store is unavailable; retry later."}  # fmt: skip
-    return {s: {"model": ErrorResponse, "description": docs[s]} for s in statuses}
+    return error_responses(*statuses, docs=ERROR_DOCS)
 
 
 def _feedback_body() -> dict[str, Any]:
     """OpenAPI requestBody of POST /v1/feedback: multipart (file and fields) or JSON."""
     schema = FeedbackJson.model_json_schema()
-    props = {"file": _binary("The image file (PNG, JPEG, WebP, BMP, GIF or TIFF)."),
+    props = {"file": binary_schema("The image file (PNG, JPEG, WebP, BMP, GIF or TIFF)."),
              **{k: v for k, v in schema["properties"].items() if k != "image"}}  # fmt: skip
     example = {"image": base64.b64encode(example_png()).decode(), "label": 1, "session": "c0ffee-42"}
     content = {
