@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from digitlab.cli.base import parse_cpus
+from digitlab.cli.serve import parse_cpus
 
 TARGET_P50_MS, TARGET_P99_MS = 3.0, 10.0
 

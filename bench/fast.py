@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from digitlab.cli.base import parse_sets
+from digitlab.cli.train import parse_sets
 from digitlab.core.config import TrainConfig, get_preset
 from digitlab.evaluation.pipeline import train
 

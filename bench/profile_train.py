@@ -63,7 +63,7 @@ def profile(preset: str, steps: int, sets: list[str]) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from digitlab.cli.base import parse_sets
+    from digitlab.cli.train import parse_sets
     from digitlab.core.config import get_preset
     from digitlab.core.hardware import cpu_info
     from digitlab.data.datasets import load_dataset

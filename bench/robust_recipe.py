@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.cli.base import parse_sets
+from digitlab.cli.train import parse_sets
 from digitlab.core.config import get_preset
 from digitlab.core.rundir import RunDir
 from digitlab.data.corruptions import CORRUPTIONS, corrupt

@@ -495,7 +495,7 @@ def test_settings_travel_through_the_environment(run, tmp_path):
 
 
 def test_cpu_lists_read_as_taskset_writes_them():
-    from digitlab.cli.base import parse_cpus
+    from digitlab.cli.serve import parse_cpus
     from digitlab.core.errors import ConfigError
 
     assert parse_cpus("1") == {1} and parse_cpus("0,2-3") == {0, 2, 3} and parse_cpus(" 4 , 4-5") == {4, 5}

@@ -183,7 +183,7 @@ def test_read_three_digits_side_by_side(predictor, mnist):
 
 
 def test_run_is_optional_once_a_model_is_bundled(run, monkeypatch):
-    from digitlab.cli import base as cli
+    from digitlab.cli import predict as cli
 
     assert cli._run_and_inputs([str(run), "a.png"]) == (run, ["a.png"])
     assert cli._run_and_inputs(["a.png"])[0] == cli.default_run()  # the model bundled in the package

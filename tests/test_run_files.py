@@ -262,6 +262,6 @@ def test_a_mistyped_run_directory_is_refused_not_replaced_by_the_bundled_model(t
     one_line_error(res, f"no run directory {tmp_path / 'runs' / 'fsat'}", "bundled model")
     res = run_cli("read", "runs/fsat/", digit_png, cwd=tmp_path)
     one_line_error(res, "no run directory runs/fsat/")
-    from digitlab.cli import base as cli
+    from digitlab.cli import predict as cli
 
     assert cli._run_and_inputs([str(tmp_path / "missing.png")])[0] == cli.default_run()  # a missing image: an input

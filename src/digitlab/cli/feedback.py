@@ -6,16 +6,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
+from digitlab.cli.base import console, err_console
 from digitlab.core.errors import DigitlabError
 
 if TYPE_CHECKING:  # SQLAlchemy loads only for the commands that open a store
     from digitlab.data.feedback_store import FeedbackStore
 
 feedback_app = typer.Typer(no_args_is_help=True, help="Inspect, export, import and delete users' feedback.")
-console = Console()
-err_console = Console(stderr=True)
 
 DB_ENV = "DIGITLAB_FEEDBACK_DB"  # digitlab.data.feedback_db.URL_ENV (not imported: --help must not load SQLAlchemy)
 DB_HELP = ("Feedback store: sqlite:///FILE, postgresql+psycopg://USER@HOST/DB, or a file path (default: "

@@ -29,8 +29,8 @@ import numpy as np
 
 from digitlab.core.calibration import load_calibration
 from digitlab.core.errors import ConfigError, DigitlabError, DigitlabWarning, RunDirError
-from digitlab.core.jsonfile import read_json_lenient
 from digitlab.core.rundir import RunDir
+from digitlab.core.summary import run_facts
 from digitlab.data.decode import ImageSource
 from digitlab.data.pixels import Box
 from digitlab.data.preprocess import Preprocessed, preprocess
@@ -188,14 +188,14 @@ class Predictor:
         else:
             forward, device_name = _onnx_forward(rd, backend, threads, tta)
         temperature, ood = _calibration(rd, allow_uncalibrated)
-        metrics = read_json_lenient(rd.metrics)
+        facts = run_facts(rd)
         info = {
             "run": rd.root.resolve().name,
             "path": str(rd.root),
-            "preset": metrics.get("preset") or (config.preset if config else None),
-            "model": metrics.get("model") or (config.model if config else None),
-            "params": metrics.get("params"),
-            "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
+            "preset": facts.preset,
+            "model": facts.model,
+            "params": facts.params,
+            "test_accuracy": facts.test_accuracy,
             "device": device_name,
             "calibrated": ood is not None,
         }

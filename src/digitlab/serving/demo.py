@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
 
+from digitlab.core.formatting import DASH, num, pct
 from digitlab.core.jsonfile import read_json_lenient
 from digitlab.core.rundir import default_run
+from digitlab.core.summary import run_facts
 from digitlab.serving.demo_feedback import feedback_widget, png_bytes
 
 if TYPE_CHECKING:  # heavy imports stay out of module import: the script imports torch only to load the model
@@ -249,25 +251,18 @@ def check_upload(data: bytes, name: str = "file") -> str | None:
     return None
 
 
-def _pct(x: object, digits: int = 2) -> str:
-    return f"{x:.{digits}%}" if isinstance(x, (int, float)) else "—"
-
-
 def model_facts(run: Path) -> dict[str, str]:
     """Headline figures of a run for the Model tab, as display strings ('—' where unknown)."""
-    m, cfg = read_json_lenient(run / "metrics.json"), read_json_lenient(run / "config.json")
-    test = m.get("test") or {}
-    ci = test.get("accuracy_ci95")
-    params = m.get("params")
+    f = run_facts(run)
     return {
-        "test accuracy": _pct(test.get("accuracy")),
-        "95% CI": f"{_pct(ci[0])} – {_pct(ci[1])}" if isinstance(ci, list) and len(ci) == 2 else "—",
-        "test images": f"{test['n']:,}" if isinstance(test.get("n"), int) else "—",
-        "model": str(m.get("model") or cfg.get("model") or "—"),
-        "preset": str(m.get("preset") or cfg.get("preset") or "—"),
-        "parameters": f"{params:,}" if isinstance(params, int) else "—",
-        "ECE": _pct(test.get("ece")),
-        "temperature": f"{test['temperature']:.3g}" if isinstance(test.get("temperature"), (int, float)) else "—",
+        "test accuracy": pct(f.test_accuracy),
+        "95% CI": f"{pct(f.test_ci95[0])} – {pct(f.test_ci95[1])}" if f.test_ci95 else DASH,
+        "test images": num(f.test_n),
+        "model": f.model or DASH,
+        "preset": f.preset or DASH,
+        "parameters": num(f.params),
+        "ECE": pct(f.ece),
+        "temperature": num(f.temperature, "{:.3g}"),
     }
 
 
@@ -326,7 +321,7 @@ def render() -> None:
     info = predictor.info
     st.markdown("## What digit is this?")
     st.caption(f"model **{info.get('model') or '?'}** from run `{info.get('run')}` · test accuracy "
-               f"{_pct(info.get('test_accuracy'))}")  # fmt: skip
+               f"{pct(info.get('test_accuracy'))}")  # fmt: skip
     draw_tab, upload_tab, model_tab = st.tabs([":material/draw: Draw", ":material/photo_camera: Upload",
                                                ":material/monitoring: Model"])  # fmt: skip
     with draw_tab:  # fragments: a stroke or an upload reruns its own tab only, not the whole page

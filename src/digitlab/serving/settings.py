@@ -76,6 +76,14 @@ class ApiSettings(BaseModel):
             return self.backend
         return "onnx" if RunDir(self.run).model_file("onnx").is_file() else "torch"
 
+    def backend_reason(self) -> str:
+        """Which backend answers and why, in words (what `digitlab serve` says as it starts)."""
+        if self.backend is not None:
+            return f"{self.backend} backend, as asked"
+        if self.resolved_backend == "onnx":
+            return "onnx backend: the run has model.onnx"
+        return f"torch backend: the run has no model.onnx (`digitlab export {self.run}` writes it)"
+
     def check(self) -> None:
         """Raise RunDirError when the run or its model file for the backend is missing (fail before serving)."""
         if not self.run.is_dir():
