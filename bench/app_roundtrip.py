@@ -28,6 +28,8 @@ from PIL import Image, ImageDraw
 
 from digitlab.serving import demo as app
 from digitlab.serving import demo_feedback as app_feedback
+from digitlab.serving.demo_drawing import CANVAS_PX, canvas_to_gray
+from digitlab.serving.demo_views import EMPTY_HINT, enlarge, integrated_gradients, probability_chart, saliency_overlay
 
 STORE = f"sqlite:///{tempfile.mkdtemp(prefix='app-roundtrip-')}/feedback.db"  # the demo's feedback, thrown away
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -35,7 +37,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SEVEN = [(0.26, 0.20), (0.74, 0.20), (0.60, 0.42), (0.50, 0.64), (0.44, 0.86)]
 
 
-def canvas_png(points=SEVEN, size: int = app.CANVAS_PX) -> bytes:
+def canvas_png(points=SEVEN, size: int = CANVAS_PX) -> bytes:
     im = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     ImageDraw.Draw(im).line([(x * size, y * size) for x, y in points], fill=(0, 0, 0, 255), width=22, joint="curve")
     buf = io.BytesIO()
@@ -54,12 +56,12 @@ def server(run: Path, repeat: int) -> list[float]:
     out = []
     for _ in range(repeat + 1):
         t0 = time.perf_counter()
-        pred = predictor.predict(app.canvas_to_gray(np.asarray(Image.open(io.BytesIO(png)))))[0]
+        pred = predictor.predict(canvas_to_gray(np.asarray(Image.open(io.BytesIO(png)))))[0]
         if pred.status == "ok":
-            attribution = app.integrated_gradients(predictor.model, pred.input, pred.digit, lock=predictor.model_lock)
-            for im in (app.enlarge(pred.input), app.saliency_overlay(pred.input, attribution)):
+            attribution = integrated_gradients(predictor.model, pred.input, pred.digit, lock=predictor.model_lock)
+            for im in (enlarge(pred.input), saliency_overlay(pred.input, attribution)):
                 im.save(io.BytesIO(), "PNG")  # what st.image does with them
-        app.probability_chart(pred.probabilities, pred.digit)
+        probability_chart(pred.probabilities, pred.digit)
         out.append(time.perf_counter() - t0)
     return out[1:]  # the first call warms up
 
@@ -113,7 +115,7 @@ def browser(run: Path, repeat: int) -> list[float]:
                 page.locator(".dl-digit").wait_for(timeout=30_000)
                 out.append(time.perf_counter() - t0)
                 page.locator(".st-key-clear button").click()
-                page.get_by_text(app.EMPTY_HINT).wait_for(timeout=30_000)
+                page.get_by_text(EMPTY_HINT).wait_for(timeout=30_000)
             b.close()
     finally:
         proc.terminate()

@@ -25,6 +25,23 @@ from PIL import Image, ImageDraw
 import digitlab
 from conftest import REPO, run_cli
 from digitlab.serving import demo as app
+from digitlab.serving.demo_drawing import CANVAS_PX, STROKE_DEFAULT, canvas_to_gray, drawing_to_gray
+from digitlab.serving.demo_views import (
+    EMPTY_HINT,
+    NOT_A_DIGIT,
+    UPLOAD_MB,
+    ZOOM,
+    check_upload,
+    draw_boxes,
+    enlarge,
+    favicon,
+    integrated_gradients,
+    model_facts,
+    per_class_rows,
+    probability_chart,
+    saliency_overlay,
+    verdict,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots and timings (git-ignored)
@@ -41,7 +58,7 @@ SHAPES = {
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def render_strokes(strokes: list[list[tuple[float, float]]], size: int = app.CANVAS_PX, width: int = 22,
+def render_strokes(strokes: list[list[tuple[float, float]]], size: int = CANVAS_PX, width: int = 22,
                    transparent: bool = True) -> np.ndarray:  # fmt: skip
     """RGBA pixels like the canvas exports them: black ink, in alpha over a transparent background."""
     im = Image.new("RGBA", (size, size), (0, 0, 0, 0) if transparent else (255, 255, 255, 255))
@@ -108,27 +125,27 @@ def scribble() -> np.ndarray:
 def test_canvas_to_gray_reads_ink_from_alpha_and_eraser_as_paper():
     rgba = render_strokes(SHAPES["1"])
     assert rgba[..., :3].max() == 0  # the export's colour channels are all black: ink lives in alpha only
-    gray = app.canvas_to_gray(rgba)
+    gray = canvas_to_gray(rgba)
     assert gray.dtype == np.uint8 and gray.shape == (280, 280)
     assert gray[140, 140] < 10 and gray[10, 10] == 255  # ink on the stroke, paper elsewhere
     erased = rgba.copy()
     erased[100:180, :, :] = 255  # an opaque white eraser stroke across the middle
-    assert app.canvas_to_gray(erased)[140, 140] == 255 and app.canvas_to_gray(erased)[60, 144] < 10
+    assert canvas_to_gray(erased)[140, 140] == 255 and canvas_to_gray(erased)[60, 144] < 10
 
 
 def test_drawing_to_gray_renders_fabric_paths_where_the_canvas_shows_them():
     strokes = SHAPES["7"]
-    drawn = app.drawing_to_gray({"objects": [fabric_path(s) for s in strokes]})
-    expected = app.canvas_to_gray(render_strokes(strokes))
+    drawn = drawing_to_gray({"objects": [fabric_path(s) for s in strokes]})
+    expected = canvas_to_gray(render_strokes(strokes))
     ink, ref = drawn < 128, expected < 128
     assert (ink & ref).sum() / (ink | ref).sum() > 0.85  # same strokes, same place
     moved = fabric_path(strokes[0])
     moved["left"] += 30  # dragged 30 px right in the canvas's edit mode
-    shifted = app.drawing_to_gray({"objects": [moved]}) < 128
+    shifted = drawing_to_gray({"objects": [moved]}) < 128
     assert abs(np.argwhere(shifted)[:, 1].mean() - np.argwhere(ref)[:, 1].mean() - 30) < 2
     eraser = fabric_path([(0.2, 0.2), (0.8, 0.2)], width=40, color="#ffffff")
-    assert (app.drawing_to_gray({"objects": [*[fabric_path(s) for s in strokes], eraser]})[56, 100:180] == 255).all()
-    assert (app.drawing_to_gray(None) == 255).all() and (app.drawing_to_gray({"objects": [{"type": "x"}]}) == 255).all()
+    assert (drawing_to_gray({"objects": [*[fabric_path(s) for s in strokes], eraser]})[56, 100:180] == 255).all()
+    assert (drawing_to_gray(None) == 255).all() and (drawing_to_gray({"objects": [{"type": "x"}]}) == 255).all()
 
 
 def test_integrated_gradients_and_overlay(tiny_run, mnist):
@@ -139,17 +156,17 @@ def test_integrated_gradients_and_overlay(tiny_run, mnist):
     model = load_model(tiny_run)
     image = mnist.test.images[0]
     target = 7
-    attr = app.integrated_gradients(model, image, target, steps=64)
+    attr = integrated_gradients(model, image, target, steps=64)
     assert attr.shape == (28, 28) and attr.dtype == np.float32
     assert (attr[image == 0] == 0).all()  # gradient x input: no ink, no credit
     with torch.no_grad():  # completeness: attributions add up to logit(image) - logit(black)
         x = torch.from_numpy(image.astype(np.float32) / 255)[None, None]
         gap = float(model(x)[0, target] - model(torch.zeros_like(x))[0, target])
     assert abs(attr.sum() - gap) < 0.1 * abs(gap) + 0.05
-    over = app.saliency_overlay(image, attr)
-    assert over.size == (28 * app.ZOOM, 28 * app.ZOOM) and over.mode == "RGB"
-    assert app.enlarge(image).size == (168, 168)
-    px = np.asarray(app.saliency_overlay(image, np.where(image > 0, 1.0, 0.0)))
+    over = saliency_overlay(image, attr)
+    assert over.size == (28 * ZOOM, 28 * ZOOM) and over.mode == "RGB"
+    assert enlarge(image).size == (168, 168)
+    px = np.asarray(saliency_overlay(image, np.where(image > 0, 1.0, 0.0)))
     r, b = px[..., 0].astype(int), px[..., 2].astype(int)
     assert ((r > 150) & (r > b + 80)).any() and not ((b > r + 80) & (b > 150)).any()  # all red, no blue
 
@@ -158,19 +175,19 @@ def test_verdict_and_messages():
     from digitlab.inference.predict import Prediction
 
     probs = [0.0] * 10
-    assert app.verdict(Prediction(3, probs, 0.9995, "ok")) == ("ok", ">99.9% sure")
-    assert app.verdict(Prediction(3, probs, 0.62, "ok"))[1] == "62.0% sure — not very sure"
-    assert app.verdict(Prediction(None, [], 0.0, "empty", "no ink"))[1] == app.EMPTY_HINT
-    kind, text = app.verdict(Prediction(None, probs, 0.0, "not_a_digit", "not a digit: energy"))
+    assert verdict(Prediction(3, probs, 0.9995, "ok")) == ("ok", ">99.9% sure")
+    assert verdict(Prediction(3, probs, 0.62, "ok"))[1] == "62.0% sure — not very sure"
+    assert verdict(Prediction(None, [], 0.0, "empty", "no ink"))[1] == EMPTY_HINT
+    kind, text = verdict(Prediction(None, probs, 0.0, "not_a_digit", "not a digit: energy"))
     assert kind == "not_a_digit" and "doesn't look like a digit" in text
-    kind, text = app.verdict(Prediction(None, [], 0.0, "error", "<bytes>: not a supported image (expected PNG)"))
+    kind, text = verdict(Prediction(None, [], 0.0, "error", "<bytes>: not a supported image (expected PNG)"))
     assert text == "Sorry, that file can't be used: not a supported image (expected PNG)."
-    assert "0 bytes" in app.check_upload(b"", "a.png") and app.check_upload(b"x") is None
-    assert "limit is 20 MB" in app.check_upload(b"\0" * (app.UPLOAD_MB * 2**20 + 1), "big.png")
+    assert "0 bytes" in check_upload(b"", "a.png") and check_upload(b"x") is None
+    assert "limit is 20 MB" in check_upload(b"\0" * (UPLOAD_MB * 2**20 + 1), "big.png")
 
 
 def test_probability_chart_is_a_plain_vega_lite_spec():
-    spec = app.probability_chart([0.01] * 9 + [0.91], 9)
+    spec = probability_chart([0.01] * 9 + [0.91], 9)
     json.dumps(spec)  # serialisable as is
     rows = spec["data"]["values"]
     assert [r["digit"] for r in rows] == [str(d) for d in range(10)]
@@ -184,26 +201,26 @@ def test_draw_boxes_marks_each_digit():
     im = Image.new("L", (400, 100), 255)
     digits = [ReadDigit((10, 10, 60, 90), Prediction(4, [0.1] * 10, 0.9, "ok")),
               ReadDigit((100, 10, 150, 90), Prediction(None, [0.1] * 10, 0.0, "not_a_digit"))]  # fmt: skip
-    out = np.asarray(app.draw_boxes(im, digits))
+    out = np.asarray(draw_boxes(im, digits))
     assert out.shape == (100, 400, 3)
     assert tuple(out[50, 10]) == (0x2F, 0x9E, 0x44) and tuple(out[50, 100]) == (0xE0, 0x31, 0x31)
-    big = app.draw_boxes(Image.new("RGB", (3000, 1000), "white"), digits)
+    big = draw_boxes(Image.new("RGB", (3000, 1000), "white"), digits)
     assert max(big.size) == 900
 
 
 def test_model_facts_and_per_class_rows(tiny_run, tmp_path):
-    facts = app.model_facts(tiny_run)
+    facts = model_facts(tiny_run)
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert facts["test accuracy"] == f"{metrics['test']['accuracy']:.2%}"
     assert facts["model"] == "fast" and facts["preset"] == "fast" and facts["parameters"] == f"{metrics['params']:,}"
-    rows = app.per_class_rows(metrics)
+    rows = per_class_rows(metrics)
     assert [r["digit"] for r in rows] == [str(d) for d in range(10)]
     assert sum(r["test images"] for r in rows) == metrics["test"]["n"]
-    assert set(app.model_facts(tmp_path).values()) == {"—"} and app.per_class_rows({}) == []
+    assert set(model_facts(tmp_path).values()) == {"—"} and per_class_rows({}) == []
 
 
 def test_favicon_needs_no_network():
-    assert app.favicon().size == (64, 64)
+    assert favicon().size == (64, 64)
 
 
 # --------------------------------------------------------------------------------------------- the CLI
@@ -268,13 +285,13 @@ def test_apptest_first_visit_model_tab_and_empty_canvas(at, tiny_run):
     assert not at.exception
     assert [t.label for t in at.tabs] == [":material/draw: Draw", ":material/photo_camera: Upload",
                                           ":material/monitoring: Model"]  # fmt: skip
-    assert app.EMPTY_HINT in alerts(at) and shown_digit(at) is None
+    assert EMPTY_HINT in alerts(at) and shown_digit(at) is None
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     values = {m.label: m.value for m in at.metric}
     assert values["Test accuracy"] == f"{metrics['test']['accuracy']:.2%}"
     assert values["Parameters"] == f"{metrics['params']:,}" and values["Model"] == "fast"
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 10  # the per-class table
-    assert at.slider(key="stroke").value == app.STROKE_DEFAULT and at.segmented_control(key="tool").value == app.PEN
+    assert at.slider(key="stroke").value == STROKE_DEFAULT and at.segmented_control(key="tool").value == app.PEN
 
 
 def test_apptest_drawing_shows_the_predictors_answer_and_clear_resets_it(at, tiny_run):
@@ -284,14 +301,14 @@ def test_apptest_drawing_shows_the_predictors_answer_and_clear_resets_it(at, tin
     at.session_state["canvas-0"] = canvas_state(SHAPES["7"])
     at.run()
     assert not at.exception
-    expected = Predictor.from_run(tiny_run).predict(app.canvas_to_gray(render_strokes(SHAPES["7"])))[0]
+    expected = Predictor.from_run(tiny_run).predict(canvas_to_gray(render_strokes(SHAPES["7"])))[0]
     if expected.status == "ok":
         assert shown_digit(at) == str(expected.digit)
         assert any("answered in" in c.value for c in at.caption)
         draw_tab = at.tabs[0]
         assert len(draw_tab.get("vega_lite_chart")) == 1 and len(draw_tab.get("image")) == 2  # input, saliency
     at.button(key="clear").click().run()
-    assert not at.exception and shown_digit(at) is None and app.EMPTY_HINT in alerts(at)
+    assert not at.exception and shown_digit(at) is None and EMPTY_HINT in alerts(at)
     assert at.session_state["canvas_gen"] == 1  # a new widget: the old drawing and pixels cannot come back
 
 
@@ -307,13 +324,13 @@ def test_apptest_undo_rebuilds_the_canvas_without_the_last_stroke(at, tiny_run):
     assert at.session_state["canvas_gen"] == 1
     assert len(at.session_state["canvas_init"]["objects"]) == 1  # the canvas is rebuilt from this drawing
     # answered at once from the drawing's JSON, before the rebuilt canvas sends pixels
-    expected = Predictor.from_run(tiny_run).predict(app.drawing_to_gray({"objects": [fabric_path(two[0])]}))[0]
+    expected = Predictor.from_run(tiny_run).predict(drawing_to_gray({"objects": [fabric_path(two[0])]}))[0]
     if expected.status == "ok":
         assert shown_digit(at) == str(expected.digit)
     else:
         assert shown_digit(at) is None and alerts(at)
     at.button(key="undo").click().run()
-    assert at.session_state["canvas_init"] is None and app.EMPTY_HINT in alerts(at)
+    assert at.session_state["canvas_init"] is None and EMPTY_HINT in alerts(at)
 
 
 @pytest.mark.parametrize(("flag", "tta"), [(None, False), ("0", False), ("1", True)])
@@ -353,7 +370,7 @@ def test_apptest_scribble_is_not_a_digit(at):
     at.session_state["canvas-0"] = {"drawing": {"raw": {"objects": [{"type": "Path"}]}, "data": data}}
     at.run()
     assert not at.exception
-    assert shown_digit(at) is None and any(app.NOT_A_DIGIT in a for a in alerts(at))
+    assert shown_digit(at) is None and any(NOT_A_DIGIT in a for a in alerts(at))
 
 
 @pytest.mark.parametrize(
@@ -500,7 +517,7 @@ def open_app(page, url: str):
     page.goto(url)
     canvas = page.locator("canvas.upper-canvas")  # Fabric's event layer, over the drawing layer
     canvas.wait_for(timeout=60_000)
-    page.get_by_text(app.EMPTY_HINT).wait_for(timeout=30_000)
+    page.get_by_text(EMPTY_HINT).wait_for(timeout=30_000)
     # Strokes go to the canvas's on-screen box: wait until it stops moving (the component's iframe may still
     # be laid out when the hint shows), or a stroke can land beside the canvas and no digit ever appears.
     box, deadline = None, time.monotonic() + 10
@@ -551,7 +568,7 @@ def test_browser_draw_1_7_0_and_clear(server, browser):
         page.get_by_text("answered in").wait_for()
         shot(page, f"app-draw-{digit}")
         page.locator(".st-key-clear button").click()
-        page.get_by_text(app.EMPTY_HINT).wait_for(timeout=20_000)
+        page.get_by_text(EMPTY_HINT).wait_for(timeout=20_000)
         assert page.locator(".dl-digit").count() == 0
         assert page.locator("canvas.upper-canvas").count() == 1
     shot(page, "app-cleared")
@@ -584,7 +601,7 @@ def test_browser_strokes_land_wherever_they_start(server, browser):
     for fy in GRID:
         for fx in GRID:
             end = (fx + 0.1, fy) if fx == fy == 0.5 else (fx + (0.5 - fx) * 0.2, fy + (0.5 - fy) * 0.2)
-            spot = [round((fx + end[0]) / 2 * app.CANVAS_PX), round((fy + end[1]) / 2 * app.CANVAS_PX)]
+            spot = [round((fx + end[0]) / 2 * CANVAS_PX), round((fy + end[1]) / 2 * CANVAS_PX)]
             assert page.evaluate(INK_JS, [layer.element_handle(), *spot]) == 255  # paper before the stroke
             page.mouse.move(1, 1)  # the pen arrives from off the canvas, as a finger or a stylus does
             mouse_strokes(page, box, [[(fx, fy), end]])
@@ -623,7 +640,7 @@ def test_browser_wrong_its_a_7_stores_a_row(server, browser, demo_store, good_ru
         1,
         "ok",
     )
-    assert row.media_type == "image/png" and Image.open(io.BytesIO(row.image)).size == (app.CANVAS_PX, app.CANVAS_PX)
+    assert row.media_type == "image/png" and Image.open(io.BytesIO(row.image)).size == (CANVAS_PX, CANVAS_PX)
     assert str(uuid.UUID(row.session)) == row.session and row.model_input.shape == (28, 28)
 
 

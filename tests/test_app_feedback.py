@@ -17,6 +17,7 @@ from digitlab.data.feedback_store import FeedbackStore
 from digitlab.inference.predict import Prediction
 from digitlab.serving import demo as app
 from digitlab.serving import demo_feedback as app_feedback
+from digitlab.serving.demo_drawing import canvas_to_gray
 from digitlab.serving.demo_feedback import COUNT, DONE, ERROR, OPTED_IN, SESSION, Answer, record
 from test_app import APP_SCRIPT, SHAPES, canvas_state, number_png, png_bytes, render_strokes, shown_digit
 
@@ -111,7 +112,7 @@ def test_store_url_and_an_unopenable_store(monkeypatch, tmp_path):
 
 
 def test_png_bytes_keeps_the_pixels():
-    gray = app.canvas_to_gray(render_strokes(SHAPES["7"]))
+    gray = canvas_to_gray(render_strokes(SHAPES["7"]))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(app_feedback.png_bytes(gray)))), gray)
 
 
