@@ -317,17 +317,29 @@ def predict_files(
     check_out(out, resume)
     output = BatchOutput(Path(out), fsync=fsync)
     files = keyed_inputs(inputs, recursive)
-    done = output.done() if resume else set()
+    todo = _todo(files, output.done() if resume else set(), output.out, inputs)
+    summary = BatchSummary(output.out, len(files), len(files) - len(todo))
+    if todo or output.journal.exists():  # else nothing new, and a finished parquet stays as it is
+        prepare = prepare or partial(prepare_file, thin=predictor.thin)
+        _run(predictor, todo, output, summary, prepare, workers, pool, batch_size, progress)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _todo(files: dict[str, str], done: set[str], out: Path,
+          inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[str, str]]:  # fmt: skip
+    """(key, path) of the files not in `out` yet; a resume whose rows are none of these inputs' is an error."""
     if done and files and done.isdisjoint(files):
-        raise ConfigError(f"none of the {len(done):,} rows in {output.out} is a file of these inputs (keys are "
+        raise ConfigError(f"none of the {len(done):,} rows in {out} is a file of these inputs (keys are "
                           f"paths relative to {input_root(inputs) or '/'}): resume with the inputs that wrote it, "
                           "or write a new --out")  # fmt: skip
-    todo = [(key, path) for key, path in files.items() if key not in done]
-    summary = BatchSummary(output.out, len(files), len(files) - len(todo))
-    if not todo and not output.journal.exists():  # nothing new, and a finished parquet stays as it is
-        summary.seconds = time.perf_counter() - t0
-        return summary
-    prepare = prepare or partial(prepare_file, thin=predictor.thin)
+    return [(key, path) for key, path in files.items() if key not in done]
+
+
+def _run(predictor: Predictor, todo: list[tuple[str, str]], output: BatchOutput, summary: BatchSummary,
+         prepare: Callable[[str], Prepared], workers: int, pool: str, batch_size: int,
+         progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
+    """Prepare `todo` in the workers, predict it batch by batch and append the rows to `output`."""
     output.open()
     executor = _executor(workers, pool, len(todo))
     complete = False
@@ -353,8 +365,6 @@ def predict_files(
         if executor is not None:
             executor.shutdown(wait=complete, cancel_futures=True)
         output.close(complete)
-    summary.seconds = time.perf_counter() - t0
-    return summary
 
 
 def _flush(predictor: Predictor, batch: list[Item], output: BatchOutput, summary: BatchSummary) -> int:

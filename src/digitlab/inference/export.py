@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from digitlab.core.atomic import atomic_write_bytes
 from digitlab.core.calibration import load_calibration
 from digitlab.core.config import TrainConfig
 from digitlab.core.rundir import RunDir
-from digitlab.data.datasets import load_dataset, load_eval_split, split_data
+from digitlab.data.datasets import Split, load_dataset, load_eval_split, split_data
 from digitlab.model.forward import load_model, predict_logits
 from digitlab.model.scoring import softmax
 from digitlab.model.tta import tta_logits
@@ -156,27 +157,35 @@ def export_onnx(
     entry.update(onnx_max_abs_diff=float(np.abs(ref - got).max()) if len(images) else 0.0, parity_n=len(images))
 
     if int8:
-        train_split, _ = split_data(load_dataset(config.data), config)
-        rng = np.random.default_rng(config.seed)
-        pick = np.sort(rng.choice(len(train_split), min(calibration_n, len(train_split)), replace=False))
-        say(f"quantising to int8 on {len(pick):,} training images")
-        t0 = time.perf_counter()
-        _quantize(fp32_path, int8_path, train_split.images[pick], metadata)
-        entry.update(onnx_int8_bytes=int8_path.stat().st_size, int8_seconds=round(time.perf_counter() - t0, 3),
-                     int8_calibration_n=len(pick))  # fmt: skip
-        split = test if full_test or not config.test_limit else test.subset(slice(0, config.test_limit))
-        say(f"comparing int8 and PyTorch accuracy on {len(split):,} test images")
-        torch_pred = predict_logits(model, split.images, tta=config.tta).argmax(1)
-        int8_pred = tta_logits(_session(int8_path), split.images, tta=config.tta).argmax(1)
-        entry.update(
-            torch_test_accuracy=float(np.mean(torch_pred == split.labels)),
-            int8_test_accuracy=float(np.mean(int8_pred == split.labels)),
-            int8_agreement=float(np.mean(torch_pred == int8_pred)),
-            test_n=len(split), tta=bool(config.tta),
-        )  # fmt: skip
+        entry.update(_export_int8(model, config, test, metadata, calibration_n, full_test, rd, say))
 
     metrics = rd.read_metrics(required=False)
     if not int8 and int8_path.exists():  # an earlier int8 export of the same checkpoint stays, and its figures
         entry = {**{k: v for k, v in (metrics.get("export") or {}).items() if k not in entry}, **entry}
     rd.write_json(rd.metrics, {**metrics, "export": entry})
+    return entry
+
+
+def _export_int8(model: nn.Module, config: TrainConfig, test: Split, metadata: dict[str, str], calibration_n: int,
+                 full_test: bool, rd: RunDir, say: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """RUN/model.int8.onnx quantised on `calibration_n` training images, and its test accuracy next to PyTorch's."""
+    fp32_path, int8_path = rd.model_file("onnx"), rd.model_file("onnx-int8")
+    train_split, _ = split_data(load_dataset(config.data), config)
+    rng = np.random.default_rng(config.seed)
+    pick = np.sort(rng.choice(len(train_split), min(calibration_n, len(train_split)), replace=False))
+    say(f"quantising to int8 on {len(pick):,} training images")
+    t0 = time.perf_counter()
+    _quantize(fp32_path, int8_path, train_split.images[pick], metadata)
+    entry: dict[str, Any] = {"onnx_int8_bytes": int8_path.stat().st_size, "int8_calibration_n": len(pick),
+                             "int8_seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    split = test if full_test or not config.test_limit else test.subset(slice(0, config.test_limit))
+    say(f"comparing int8 and PyTorch accuracy on {len(split):,} test images")
+    torch_pred = predict_logits(model, split.images, tta=config.tta).argmax(1)
+    int8_pred = tta_logits(_session(int8_path), split.images, tta=config.tta).argmax(1)
+    entry.update(
+        torch_test_accuracy=float(np.mean(torch_pred == split.labels)),
+        int8_test_accuracy=float(np.mean(int8_pred == split.labels)),
+        int8_agreement=float(np.mean(torch_pred == int8_pred)),
+        test_n=len(split), tta=bool(config.tta),
+    )  # fmt: skip
     return entry
