@@ -695,3 +695,29 @@ def test_serve_end_to_end_and_graceful_shutdown(run, tmp_path, digit_png):
     assert {"e2e-1", "in-flight"} <= {x["request_id"] for x in access}
     assert any(x["message"] == "model ready" for x in lines)
     assert all(x.get("status") != 500 for x in access)
+
+
+def test_a_user_error_while_answering_is_a_400_never_a_500(run, predictor, digit_png):
+    """Any DigitlabError (input the library refuses, not only an undecodable image) is the client's: 400."""
+    from digitlab.core.errors import ConfigError
+
+    class Refusing:
+        def __init__(self, inner: Predictor) -> None:
+            self.inner, self.refuse = inner, False
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
+
+        def predict(self, sources):
+            if self.refuse:
+                raise ConfigError("refused: not an input this service takes")
+            return self.inner.predict(sources)
+
+    stub = Refusing(predictor)
+    with serving(run, stub) as c:  # type: ignore[arg-type]
+        stub.refuse = True
+        r = c.post("/v1/predict", content=digit_png, headers={"Content-Type": "image/png"})
+    assert r.status_code == 400, r.text
+    assert (
+        r.json()["error"]["code"] == "bad_request" and "not an input this service takes" in r.json()["error"]["message"]
+    )

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitlab.core.errors import ConfigError
+from digitlab.core.atomic import atomic_write
+from digitlab.core.errors import StorageError
 from digitlab.inference.batch import keyed_inputs, predict_files
-from digitlab.inference.batch_output import COLUMNS, atomic_write, shown
+from digitlab.inference.batch_output import COLUMNS, shown
 from digitlab.inference.predict import Predictor
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="bytes file names, /dev/full: Linux")
@@ -149,7 +150,7 @@ def test_one_go_outputs_are_whole_or_absent(tiny_run, mnist, tmp_path):
         tmp.write_text("half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(ConfigError, match="cannot write .*old.txt: No space left on device"):
+    with pytest.raises(StorageError, match="cannot write .*old.txt: No space left on device"):
         atomic_write(old, fill)
     assert old.read_text() == "previous, whole" and sorted(os.listdir(tmp_path)) == ["old.txt", "out", "test.csv"]
 
@@ -163,7 +164,7 @@ def test_parquet_that_cannot_be_written_keeps_its_journal(predictor, scans, tmp_
 
     with monkeypatch.context() as m:
         m.setattr(pq.ParquetWriter, "write_table", full)
-        with pytest.raises(ConfigError, match="No space left on device"):
+        with pytest.raises(StorageError, match="No space left on device"):
             predict_files(predictor, [scans], out, workers=0)
     assert sorted(os.listdir(tmp_path)) == ["r.parquet.partial.jsonl"]  # the rows, and no half parquet
     s = predict_files(predictor, [scans], out, resume=True, workers=0)

@@ -94,3 +94,15 @@ def test_cli_export(tiny_run, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["export"]["onnx_max_abs_diff"] <= 1e-4
     r = run_cli("export", run, "--format", "tflite")
     assert r.returncode != 0 and "tflite" in r.stderr
+
+
+def test_training_exports_model_onnx_so_serve_answers_with_onnx(tiny_run, tmp_path):
+    from digitlab.serving.settings import ApiSettings
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert (tiny_run / "model.onnx").stat().st_size == metrics["export"]["onnx_bytes"]  # the pipeline's last step
+    assert metrics["export"]["onnx_max_abs_diff"] <= 1e-4 and not (tiny_run / "model.int8.onnx").exists()
+    served = ApiSettings(run=tiny_run)
+    assert served.resolved_backend == "onnx" and served.backend_reason() == "onnx backend: the run has model.onnx"
+    bare = ApiSettings(run=tmp_path)
+    assert bare.resolved_backend == "torch" and f"digitlab export {tmp_path}" in bare.backend_reason()

@@ -44,6 +44,9 @@ def test_same_seed_gives_identical_results(tmp_path, mnist):
     assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
     r3 = train(tiny(seed=7), tmp_path / "c", dataset=mnist, evaluate_test=False)
     assert r3.history[0]["train_loss"] != r1.history[0]["train_loss"]
+    # without the test evaluation no export either (its parity check reads test images); calibration is there
+    assert "test" not in r1.metrics and not (tmp_path / "a" / "model.onnx").exists()
+    assert (tmp_path / "a" / "calibration.json").is_file()
 
 
 @pytest.mark.parametrize("preset", ["fast", "seed", "accurate"])  # accurate: the EMA state resumes too

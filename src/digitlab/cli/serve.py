@@ -14,7 +14,7 @@ import typer
 from digitlab.cli.base import TTA_HELP, check_format, console
 from digitlab.cli.feedback import DEMO_FEEDBACK_DB_HELP, FEEDBACK_DB_HELP, serve_feedback_db
 from digitlab.core.errors import ConfigError, DigitlabError
-from digitlab.core.rundir import default_run
+from digitlab.core.rundir import RunDir, default_run
 
 if TYPE_CHECKING:
     from digitlab.serving.settings import ApiSettings
@@ -31,12 +31,13 @@ def export_command(
     check_format(fmt, ("onnx",))
     with console.status("exporting…") as status:
         entry = export_onnx(run, int8=int8, progress=lambda msg: status.update(f"{msg}…"))
-    console.print(f"[bold green]ok[/] {Path(run) / 'model.onnx'}: {entry['onnx_bytes']:,} bytes; max |Δp| vs "
+    rd = RunDir(run)
+    console.print(f"[bold green]ok[/] {rd.model_file('onnx')}: {entry['onnx_bytes']:,} bytes; max |Δp| vs "
                   f"PyTorch {entry['onnx_max_abs_diff']:.2e} on {entry['parity_n']} test images", highlight=False,
                   soft_wrap=True)  # fmt: skip
     if int8:
         delta = 100 * (entry["int8_test_accuracy"] - entry["torch_test_accuracy"])
-        console.print(f"[bold green]ok[/] {Path(run) / 'model.int8.onnx'}: {entry['onnx_int8_bytes']:,} bytes; test "
+        console.print(f"[bold green]ok[/] {rd.model_file('onnx-int8')}: {entry['onnx_int8_bytes']:,} bytes; test "
                       f"accuracy {entry['int8_test_accuracy']:.2%} vs PyTorch {entry['torch_test_accuracy']:.2%} "
                       f"({delta:+.2f} pp, {entry['test_n']:,} images)", highlight=False, soft_wrap=True)  # fmt: skip
 
@@ -52,7 +53,6 @@ def app_command(
     no_feedback: bool = typer.Option(False, "--no-feedback", help="Run the demo without its feedback buttons."),
 ) -> None:
     """Start the web app: draw or upload a digit, see the answer, its probabilities and why (Streamlit)."""
-    from digitlab.core.rundir import RunDir
     from digitlab.model.forward import load_model
 
     run = default_run() if run is None else run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from digitlab.core.errors import StorageError
@@ -13,8 +14,9 @@ from digitlab.core.errors import StorageError
 _NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file beside it, flushed to disk, then renamed over `path`.
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Create or replace `path` whole or not at all: `write(tmp)` fills a temporary file beside it, which is
+    flushed to disk, then renamed over `path`.
 
     Readers see the old file or the new one, never a mix; on any failure the temporary file is removed and
     `path` is left as it was. An OSError (disk full, file too large, no permission) becomes a one-line
@@ -24,10 +26,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden and per-process: writers never collide
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not reach the disk before the data does
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename must not reach the disk before the data does
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:  # a signal raised mid-write included: never leave the temporary file behind
         with contextlib.suppress(OSError):
@@ -36,6 +40,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             raise storage_error(path, e) from None
         raise
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """`atomic_write` of `data`."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -13,6 +13,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
+from digitlab.core.atomic import atomic_write_text
 from digitlab.core.errors import DataError
 from digitlab.data.catalog import IDX_NAMES, KNOWN_SHA256
 
@@ -112,14 +113,7 @@ def _download_one(stem: str, dest: Path, mirrors: list[str], expected: str, time
 
 
 def _write_sums(dest: Path, sums: dict[str, str]) -> None:
-    text = "".join(f"{digest}  {stem}\n" for stem, digest in sorted(sums.items()))
-    fd, tmp_name = tempfile.mkstemp(prefix=".SHA256SUMS.", suffix=".part", dir=dest)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp_name, dest / "SHA256SUMS")
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    atomic_write_text(dest / "SHA256SUMS", "".join(f"{digest}  {stem}\n" for stem, digest in sorted(sums.items())))
 
 
 def download_dataset(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from digitlab.core.atomic import atomic_write
 from digitlab.core.errors import DataError
 
 __all__ = ["CANVAS_MODES", "SET_NAMES", "RealWorldSet", "Source", "load_realworld", "realworld_dir", "save_realworld"]
@@ -150,12 +151,8 @@ def save_realworld(ds: RealWorldSet, path: Path, meta: Mapping[str, Any] | None 
         shapes.append(cov.shape)
         modes.append(mode)
     info = {"name": ds.name, "format_version": FORMAT_VERSION, **(meta or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
     packed = lzma.compress(b"".join(crops), preset=9 | lzma.PRESET_EXTREME)
-    np.savez(
-        tmp,
+    arrays = dict(
         coverage_xz=np.frombuffer(packed, np.uint8),
         coverage_offsets=np.cumsum([0] + [len(c) for c in crops]).astype(np.int64),
         boxes=np.array(boxes, np.int32).reshape(-1, 4),
@@ -170,8 +167,12 @@ def save_realworld(ds: RealWorldSet, path: Path, meta: Mapping[str, Any] | None 
         meta=np.array(json.dumps(info, sort_keys=True)),
         **{f"param_{k}": v.astype(np.float32) for k, v in ds.params.items()},
     )
-    tmp.replace(path)
-    return path
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file, not a name: np.savez would add ".npz" to the temporary file's name
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
 
 
 def load_realworld(name: str | Path, directory: Path | None = None) -> RealWorldSet:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from digitlab.core.atomic import atomic_write
 from digitlab.core.errors import ConfigError, DigitlabError
 from digitlab.data.datasets import IMAGE_SUFFIXES
 from digitlab.data.preprocess import preprocess
@@ -45,7 +46,6 @@ from digitlab.inference.batch_output import (
     COLUMNS,
     OUT_FORMATS,
     BatchOutput,
-    atomic_write,
     check_out,
     escape_key,
     make_row,
@@ -306,7 +306,7 @@ def predict_files(
     work (default `prepare_file` with the predictor's `thin`); a module-level function for processes.
     `progress(done, total)` after each batch. Ctrl+C (KeyboardInterrupt) propagates once the rows of the
     finished batches are safe in `out`. A failed write (disk full, file too large) raises a one-line
-    ConfigError and leaves `out` holding whole rows only, ready for `resume`.
+    StorageError and leaves `out` holding whole rows only, ready for `resume`.
     """
     t0 = time.perf_counter()
     if batch_size < 1:

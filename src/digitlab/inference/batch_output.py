@@ -10,8 +10,8 @@ key however its folder is spelled. Then `digit`, `confidence`, `status`, `messag
 
 Every row is one line (no field holds a raw CR or LF), so a row cut off by a kill is the last line, which
 resume drops. A failed write (disk full, file too large) truncates the output back to its last whole row and
-raises a one-line ConfigError; `--resume` continues from there. Outputs written in one go (a finished
-.parquet, a Kaggle submission) go through `atomic_write`.
+raises a one-line StorageError; `--resume` continues from there. Outputs written in one go (a finished
+.parquet, a Kaggle submission) go through `digitlab.core.atomic.atomic_write`.
 """
 
 from __future__ import annotations
@@ -22,16 +22,17 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from digitlab.core.errors import ConfigError
+from digitlab.core.atomic import atomic_write, storage_error
+from digitlab.core.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from digitlab.inference.predict import Prediction
 
-__all__ = ["COLUMNS", "OUT_FORMATS", "BatchOutput", "atomic_write", "check_out", "escape_key", "read_done", "shown"]
+__all__ = ["COLUMNS", "OUT_FORMATS", "BatchOutput", "check_out", "escape_key", "read_done", "shown"]
 
 COLUMNS = ("file", "key", "digit", "confidence", "status", "message", *(f"p{d}" for d in range(10)))
 OUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -68,22 +69,6 @@ def make_row(file: str, key: str, p: Prediction) -> dict[str, Any]:
     return {"file": shown(file), "key": key, "digit": p.digit, "confidence": p.confidence, "status": p.status,
             "message": None if p.message is None else shown(p.message),
             **{f"p{d}": v for d, v in enumerate(probs)}}  # fmt: skip
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Create or replace `path` whole or not at all: `write(tmp)` fills a temporary file beside it, which then
-    takes its name; on any failure the temporary file is removed, and an OSError becomes a one-line ConfigError."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
 
 
 def _drop_partial_line(path: Path) -> None:
@@ -208,7 +193,7 @@ class BatchOutput:
             self.journal.parent.mkdir(parents=True, exist_ok=True)
             self._f = io.FileIO(self.journal, "a")
         except OSError as e:
-            raise ConfigError(f"cannot write {self.journal}: {e.strerror or e}") from None
+            raise storage_error(self.journal, e) from None
         self._whole = self._f.seek(0, os.SEEK_END)
         if self.format == "parquet" and self._whole == 0 and self.out.exists():
             _, pq = _pyarrow()  # resuming a finished file: its rows go back into the journal first
@@ -222,7 +207,8 @@ class BatchOutput:
 
     def _write(self, text: str) -> None:
         """Append `text` (whole rows) or, failing that, nothing: a partial write is cut off again."""
-        assert self._f is not None
+        if self._f is None:
+            raise RuntimeError(f"{self.journal} is not open: call open() first")
         data = memoryview(text.encode("utf-8"))  # strict: `shown` and `escape_key` left no surrogates
         size = len(data)
         try:
@@ -235,8 +221,8 @@ class BatchOutput:
                 self._f.truncate(self._whole)
             if not isinstance(e, OSError):
                 raise
-            raise ConfigError(f"cannot write {self.journal}: {e.strerror or e}; it keeps the rows written before, "
-                              "and --resume continues once there is room") from None  # fmt: skip
+            raise StorageError(f"{storage_error(self.journal, e)}; it keeps the rows written before, and --resume "
+                               "continues once there is room") from None  # fmt: skip
         self._whole += size
 
     def close(self, complete: bool) -> None:
@@ -246,9 +232,9 @@ class BatchOutput:
         if complete and self.format == "parquet" and self.journal.exists():
             try:
                 atomic_write(self.out, self._journal_to_parquet)
-            except ConfigError as e:
-                raise ConfigError(f"{e}; its rows are kept in {self.journal}, and --resume writes it once there "
-                                  "is room") from None  # fmt: skip
+            except StorageError as e:
+                raise StorageError(f"{e}; its rows are kept in {self.journal}, and --resume writes it once there "
+                                   "is room") from None  # fmt: skip
             self.journal.unlink()
 
     def _journal_to_parquet(self, dest: Path, rows_per_group: int = 65536) -> None:
