@@ -1,5 +1,8 @@
-"""REST API HTTP/1.1 protocol: uvicorn's httptools protocol with bounded request heads, a head deadline, JSON
-errors, a lingering close after refusals, and a drain of idle keep-alive connections on shutdown."""
+"""REST API HTTP/1.1 protocol: uvicorn's httptools protocol with bounded request heads and a drain on shutdown.
+
+Bounded heads and a head deadline, JSON errors, a lingering close after refusals, and a drain of idle keep-alive
+connections on shutdown.
+"""
 
 # uvicorn's httptools protocol (the one `uvicorn[standard]` runs) puts no bound on a request head: httptools
 # concatenates a header value until it ends, so four 64 MiB headers or 10,000 headers are read whole, and a
