@@ -147,6 +147,32 @@ def pen_set(split: Split, n: int = 1000, seed: int = 11, fonts: Sequence[tuple[s
                         _params(rows))  # fmt: skip
 
 
+def thick_font_set(
+    fonts: Sequence[tuple[str, Path, str]], n: int = 1000, seed: int = 13, pen: tuple[float, float] = (0.08, 0.24)
+) -> RealWorldSet:
+    """`n` glyphs of `fonts` re-drawn with a thick pen (`pen`: width / height) on 280x280 canvases, off-centre,
+    every canvas mode in turn: how a handwriting-font digit drawn with a marker reaches the app. Kinds
+    "<mid|fat>/<mode>" (fat: a pen over 16% of the height, which closes small loops)."""
+    glyphs = _glyphs(fonts)
+    images, labels, kinds, origins, rows = [], [], [], [], []
+    for i in range(n):
+        rng = _rng(seed, i)
+        p = {"height": rng.uniform(110, 250), "aspect": rng.uniform(0.9, 1.1), "angle": rng.uniform(-12, 12),
+             "pen_frac": rng.uniform(*pen)}  # fmt: skip
+        font, digits = glyphs[int(rng.integers(len(glyphs)))]
+        label = int(rng.integers(10))
+        p["pen"] = max(2.0, p["pen_frac"] * p["height"])
+        mode = CANVAS_MODES[i % len(CANVAS_MODES)]
+        cov = _restroke(digits[label], p["height"], p["aspect"], p["angle"], p["pen"])
+        images.append(_export(_place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode))
+        labels.append(label)
+        kinds.append(f"{'fat' if p['pen_frac'] > 0.16 else 'mid'}/{mode}")
+        origins.append(f"font:{font}")
+        rows.append(p)
+    return RealWorldSet("thick-font", images, np.array(labels, np.int64), np.array(kinds), np.array(origins),
+                        _params(rows))  # fmt: skip
+
+
 def page_set(split: Split, n: int = 500, seed: int = 12) -> RealWorldSet:
     """`n` digits of `split`, each small on a big page (see the module docstring); kinds "page/<mode>"."""
 
