@@ -34,6 +34,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "results-accurate-ablation": ("docs/results.md", results.accurate_ablation),
     "realworld-main": ("docs/real-world.md", realworld.main_table),
     "realworld-stroke-width": ("docs/real-world.md", realworld.stroke_width),
+    "realworld-stroke-width-robust": ("docs/real-world.md", realworld.stroke_width_robust),
     "realworld-confidence": ("docs/real-world.md", realworld.confidence),
     "robustness-fast": ("docs/robustness.md", robustness.fast_table),
     "robustness-recipe": ("docs/robustness.md", robustness.recipe),

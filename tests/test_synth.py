@@ -63,6 +63,20 @@ def test_pen_set_draws_thin_and_thick_pens_on_canvases(mnist, handwriting):
     assert all(ds.labels[k] == mnist.test.labels[int(ds.origins[k].split(":")[1])] for k in mnist_rows)
 
 
+def test_thick_font_set_draws_font_glyphs_with_a_marker(handwriting):
+    if not handwriting:
+        pytest.skip("no handwriting fonts installed (scripts/test.sh installs them)")
+    ds = synth.thick_font_set(handwriting, 8, seed=4)
+    assert same(ds, synth.thick_font_set(handwriting, 8, seed=4))
+    frac = ds.params["pen_frac"]
+    assert ((frac >= 0.08) & (frac <= 0.24)).all()
+    assert [k.split("/", 1)[1] for k in ds.kinds] == list(rw.CANVAS_MODES) * 2
+    assert all(k.startswith("fat/") == (f > 0.16) for k, f in zip(ds.kinds, frac, strict=True))
+    assert all(o.startswith("font:") for o in ds.origins) and set(ds.labels.tolist()) <= set(range(10))
+    for img in ds.images:
+        assert img.shape[:2] == (280, 280)
+
+
 def test_page_set_puts_a_small_digit_on_a_big_page(mnist):
     ds = synth.page_set(mnist.test, 4, seed=2)
     assert same(ds, synth.page_set(mnist.test, 4, seed=2))

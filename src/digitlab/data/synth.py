@@ -51,7 +51,7 @@ from digitlab.data.drawing import (
 from digitlab.data.fonts import font_digits
 from digitlab.data.realworld import CANVAS_MODES, RealWorldSet, Source
 
-__all__ = ["canvas_set", "lowres_set", "page_set", "pen_set", "photo_set", "relabel"]
+__all__ = ["canvas_set", "lowres_set", "page_set", "pen_set", "photo_set", "relabel", "thick_font_set"]
 
 LOWRES_GRID = (7, 16)  # the scan's longer side, px
 LOWRES_ZOOM = (4.0, 16.0)  # how much bigger it is shown
@@ -213,6 +213,32 @@ def pen_set(split: Split, n: int = 1000, seed: int = 11, fonts: Sequence[tuple[s
         origins.append(origin)
         rows.append(p)
     return RealWorldSet("pen", images, np.array(labels, np.int64), np.array(kinds), np.array(origins),
+                        param_columns(rows))  # fmt: skip
+
+
+def thick_font_set(
+    fonts: Sequence[tuple[str, Path, str]], n: int = 1000, seed: int = 13, pen: tuple[float, float] = (0.08, 0.24)
+) -> RealWorldSet:
+    """`n` glyphs of `fonts` re-drawn with a thick pen (`pen`: width / height) on 280x280 canvases, off-centre,
+    every canvas mode in turn: how a handwriting-font digit drawn with a marker reaches the app. Kinds
+    "<mid|fat>/<mode>" (fat: a pen over 16% of the height, which closes small loops)."""
+    glyphs = _glyphs(fonts)
+    images, labels, kinds, origins, rows = [], [], [], [], []
+    for i in range(n):
+        rng = item_rng(seed, i)
+        p = {"height": rng.uniform(110, 250), "aspect": rng.uniform(0.9, 1.1), "angle": rng.uniform(-12, 12),
+             "pen_frac": rng.uniform(*pen)}  # fmt: skip
+        font, digits = glyphs[int(rng.integers(len(glyphs)))]
+        label = int(rng.integers(10))
+        p["pen"] = max(2.0, p["pen_frac"] * p["height"])
+        mode = CANVAS_MODES[i % len(CANVAS_MODES)]
+        cov = redraw(digits[label], p["height"], p["aspect"], p["angle"], p["pen"])
+        images.append(export_canvas(place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode))
+        labels.append(label)
+        kinds.append(f"{'fat' if p['pen_frac'] > 0.16 else 'mid'}/{mode}")
+        origins.append(f"font:{font}")
+        rows.append(p)
+    return RealWorldSet("thick-font", images, np.array(labels, np.int64), np.array(kinds), np.array(origins),
                         param_columns(rows))  # fmt: skip
 
 
