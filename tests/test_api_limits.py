@@ -225,7 +225,8 @@ def test_decoding_memory_is_a_weighted_semaphore():
 WORST_CASE = """
 import io, json, resource, sys, threading, time
 from fastapi.testclient import TestClient
-from digitlab.serving.api import ApiSettings, create_app
+from digitlab.serving.api import create_app
+from digitlab.serving.settings import ApiSettings
 from digitlab.inference.predict import Predictor
 from test_api_limits import big_png
 run = sys.argv[1]

@@ -120,3 +120,32 @@ def test_functions_are_short():
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
     stale = {name: lengths.get(name) for name in LONG_FUNCTIONS if lengths.get(name, 0) <= MAX_FUNCTION_LINES}
     assert not stale, f"allowed long functions that are gone or short now (take them off LONG_FUNCTIONS): {stale}"
+
+
+COMMANDS = (
+    "train",
+    "evaluate",
+    "predict",
+    "read",
+    "calibrate",
+    "export",
+    "app",
+    "serve",
+    "ensemble",
+    "data",
+    "runs",
+    "feedback",
+)
+
+
+def test_the_entry_points_are_one_command():
+    """`python -m digitlab`, `python -m digitlab.cli` and pyproject's console script `digitlab.cli:main`."""
+    assert 'digitlab = "digitlab.cli:main"' in (REPO / "pyproject.toml").read_text()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "200"}
+    for module in ("digitlab", "digitlab.cli"):
+        res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, env=env,
+                             timeout=120)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        listed = [f"│ {c} " for c in COMMANDS]
+        assert all(c in res.stdout for c in listed), res.stdout
+        assert [res.stdout.index(c) for c in listed] == sorted(res.stdout.index(c) for c in listed)  # in help order

@@ -9,6 +9,7 @@ import typer
 
 from digitlab.cli.base import console, err_console
 from digitlab.core.errors import DigitlabError
+from digitlab.core.formatting import pct
 
 if TYPE_CHECKING:  # SQLAlchemy loads only for the commands that open a store
     from digitlab.data.feedback_store import FeedbackStore
@@ -41,24 +42,21 @@ def feedback_stats(db: str | None = DB_OPTION) -> None:
         s = store.stats()
         url = store.url
 
-    def pct(x: float | None) -> str:
-        return "—" if x is None else f"{x:.1%}"
-
-    console.print(f"{s.total:,} feedback row(s) in {url}; the model's answer was the label in {pct(s.agreement)}",
+    console.print(f"{s.total:,} feedback row(s) in {url}; the model's answer was the label in {pct(s.agreement, 1)}",
                   highlight=False, soft_wrap=True)  # fmt: skip
     table = Table(title="by label")
     for col in ("label", "rows", "model agreed"):
         table.add_column(col, justify="right")
     for d in range(10):
         n = s.by_label[d]
-        table.add_row(str(d), f"{n:,}", pct(s.agreed_by_label[d] / n if n else None))
+        table.add_row(str(d), f"{n:,}", pct(s.agreed_by_label[d] / n if n else None, 1))
     console.print(table)
     if s.by_model:
         models = Table(title="by model")
         for col in ("model", "rows", "model agreed"):
             models.add_column(col, justify="left" if col == "model" else "right")
         for m in s.by_model:
-            models.add_row(m.model, f"{m.count:,}", pct(m.agreement))
+            models.add_row(m.model, f"{m.count:,}", pct(m.agreement, 1))
         console.print(models)
 
 

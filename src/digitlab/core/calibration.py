@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from digitlab.core.errors import RunDirError
-from digitlab.core.jsonfile import read_json_object, write_json
+from digitlab.core.jsonfile import json_number, read_json_object, write_json
 from digitlab.core.rundir import RunDir
 
 OOD_SCORES = ("energy", "max_logit")  # the logit scores a "not a digit" rule may threshold
@@ -24,27 +23,20 @@ class Calibration:
     data: dict[str, Any]
 
 
-def _number(value: Any) -> float | None:
-    """`value` as a finite float, or None when it is not a finite JSON number (strings and booleans are not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def _check_ood(d: Any, path: Path) -> dict[str, Any]:
     where = f"{path}: ood"
     if not isinstance(d, dict):
         raise RunDirError(f"{where} must be a JSON object with a score and a threshold")
     if d.get("score", "energy") not in OOD_SCORES:
         raise RunDirError(f"{where}.score must be one of {', '.join(OOD_SCORES)}, not {d.get('score')!r}")
-    threshold = _number(d.get("threshold"))
+    threshold = json_number(d.get("threshold"))
     if threshold is None:
         raise RunDirError(f"{where}.threshold must be a finite number, not {d.get('threshold')!r}")
-    t = _number(d.get("temperature", 1.0))
+    t = json_number(d.get("temperature", 1.0))
     if t is None or t <= 0:
         raise RunDirError(f"{where}.temperature must be a finite number above 0, not {d.get('temperature')!r}")
     ink = d.get("ink_max")
-    if ink is not None and not (_number(ink) is not None and 0 <= ink <= 1):
+    if ink is not None and not (json_number(ink) is not None and 0 <= ink <= 1):
         raise RunDirError(f"{where}.ink_max must be null or a number in [0, 1], not {ink!r}")
     return {"score": str(d.get("score", "energy")), "threshold": threshold, "temperature": t,
             "ink_max": None if ink is None else float(ink)}  # fmt: skip
@@ -60,7 +52,7 @@ def load_calibration(run: Path | RunDir) -> Calibration | None:
     if not rd.calibration.exists():
         return None
     data = read_json_object(rd.calibration)
-    t = _number(data.get("temperature"))
+    t = json_number(data.get("temperature"))
     if t is None or t <= 0:
         got = "nothing" if "temperature" not in data else repr(data["temperature"])
         raise RunDirError(f"{rd.calibration}: temperature must be a finite number above 0, not {got} "

@@ -1,8 +1,9 @@
-"""JSON files of a run: one strict reader (one error policy), one lenient reader for display, one atomic writer."""
+"""JSON files of a run: one strict reader (one error policy), a lenient one for display, an atomic writer."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +34,10 @@ def read_json_lenient(path: str | Path) -> dict[str, Any]:
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write `data` as indented, key-sorted JSON atomically: a crash never leaves a half-written file."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def json_number(value: Any) -> float | None:
+    """A JSON value as a finite float, or None when it is not a finite number (strings and booleans are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)

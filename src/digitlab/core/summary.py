@@ -6,17 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from digitlab.core.jsonfile import read_json_lenient
+from digitlab.core.jsonfile import json_number, read_json_lenient
 from digitlab.core.rundir import RunDir
 
 
 def _text(*values: Any) -> str | None:
     """The first of `values` that is set, as text."""
     return next((str(v) for v in values if v), None)
-
-
-def _number(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
 def _whole(x: Any) -> int | None:
@@ -49,19 +45,19 @@ def run_facts(run: Path | RunDir) -> RunFacts:
     m, cfg = read_json_lenient(rd.metrics), read_json_lenient(rd.config)
     val, test = m.get("val") or {}, m.get("test") or {}
     ci = test.get("accuracy_ci95")
-    bounds = [_number(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else [None, None]
+    bounds = [json_number(v) for v in ci] if isinstance(ci, list) and len(ci) == 2 else [None, None]
     return RunFacts(
         preset=_text(m.get("preset"), cfg.get("preset")),
         model=_text(m.get("model"), cfg.get("model")),
         params=_whole(m.get("params")),
         epochs=_whole(m.get("epochs")),
-        train_seconds=_number(m.get("train_seconds")),
-        val_accuracy=_number(val.get("accuracy")),
-        test_accuracy=_number(test.get("accuracy")),
+        train_seconds=json_number(m.get("train_seconds")),
+        val_accuracy=json_number(val.get("accuracy")),
+        test_accuracy=json_number(test.get("accuracy")),
         test_ci95=None if None in bounds else (bounds[0], bounds[1]),  # type: ignore[arg-type]
         test_n=_whole(test.get("n")),
         test_errors=_whole(test.get("errors")),
-        nll=_number(test.get("nll")),
-        ece=_number(test.get("ece")),
-        temperature=_number(test.get("temperature")),
+        nll=json_number(test.get("nll")),
+        ece=json_number(test.get("ece")),
+        temperature=json_number(test.get("temperature")),
     )

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitlab.core.calibration import read_calibration
 from digitlab.core.errors import DigitlabError, RunDirError
+from digitlab.core.jsonfile import json_number
 from digitlab.serving.errors import NotReady, one_line, public_message
 from digitlab.serving.limits import DecodeMemory, ImageHead, check_request_pixels
 from digitlab.serving.observability import Metrics
@@ -53,17 +54,14 @@ def model_out(predictor: Predictor, run: Path) -> ModelOut:
     except DigitlabError:
         cal = {}
 
-    def num(x: Any) -> float | None:
-        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
     ood = info.get("ood")
     return ModelOut(
         run=str(info.get("run")), preset=info.get("preset"), architecture=info.get("model"),
         params=info.get("params") if isinstance(info.get("params"), int) else None,
-        test_accuracy=num(info.get("test_accuracy")), backend=str(info["backend"]), tta=bool(info.get("tta")),
+        test_accuracy=json_number(info.get("test_accuracy")), backend=str(info["backend"]), tta=bool(info.get("tta")),
         device=str(info.get("device")),
-        calibration=CalibrationOut(temperature=float(info["temperature"]), ece=num(cal.get("ece_after")),
-                                   nll=num(cal.get("nll_after")),
+        calibration=CalibrationOut(temperature=float(info["temperature"]), ece=json_number(cal.get("ece_after")),
+                                   nll=json_number(cal.get("nll_after")),
                                    fitted_on=cal.get("fitted_on") if isinstance(cal.get("fitted_on"), str) else None,
                                    ood=OodOut(**ood) if isinstance(ood, dict) else None),
     )  # fmt: skip
