@@ -550,11 +550,11 @@ def fuzz_schema(fuzz_app):
 # schema's operations are fuzzed through Hypothesis directly (`as_strategy`) rather than schemathesis' pytest
 # plugin, whose lazy-fixture loader does not work with pytest 9.2.
 OPERATIONS = [("POST", "/v1/predict"), ("POST", "/v1/predict/batch"), ("POST", "/v1/read"), ("GET", "/v1/model"),
-              ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]  # fmt: skip
+              ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("POST", "/v1/admin/reload")]  # fmt: skip
 FUZZ_EXAMPLES = 30
-# Positive (schema-valid) and negative (schema-violating) requests; the GET operations take no input to violate.
+# Positive (schema-valid) and negative (schema-violating) requests; the GET operations and the reload take no input.
 FUZZ_RUNS = [(m, p, mode) for m, p in OPERATIONS for mode in ("positive", "negative")
-             if (mode, m) != ("negative", "GET")]  # fmt: skip
+             if mode == "positive" or m != "GET" and p != "/v1/admin/reload"]  # fmt: skip
 
 
 def test_fuzz_covers_every_operation(fuzz_schema):

@@ -154,7 +154,8 @@ def serve(
     --wait-for-model. SIGTERM stops accepting, finishes the requests already sent and exits 0.
     """
     check_format(log_level, ("debug", "info", "warning", "error"))
-    fields = {"run": (default_run() if run is None else run).resolve(), "backend": backend, "api_key": api_key,
+    # absolute, not resolved: a RUN that is a symlink is followed anew at each reload (digitlab.serving.reload)
+    fields = {"run": (default_run() if run is None else run).absolute(), "backend": backend, "api_key": api_key,
               "no_auth": no_auth, "public_metrics": public_metrics, "wait_for_model": wait_for_model,
               "cors_origins": tuple(cors_origin or ()), "max_body_bytes": max(1, round(max_body_mb * 1024 * 1024)),
               "max_batch": max_batch, "threads": threads, "concurrency": concurrency, "tta": tta,

@@ -46,6 +46,7 @@ from digitlab import __version__
 from digitlab.serving.errors import REQUEST_ID_HEADER, install_error_handlers
 from digitlab.serving.limits import BodyLimitMiddleware
 from digitlab.serving.observability import Metrics, ObservabilityMiddleware
+from digitlab.serving.reload import add_reload_routes
 from digitlab.serving.routes import add_ops_routes, add_v1_routes
 from digitlab.serving.security import key_dependencies
 from digitlab.serving.service import OneLineStartupError, Service
@@ -67,7 +68,9 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
     def default_load() -> Predictor:
         from digitlab.inference.predict import Predictor
 
-        return Predictor.from_run(settings.run, backend=settings.resolved_backend, threads=settings.threads,
+        # resolved once: a symlink repointed meanwhile (to reload, digitlab.serving.reload) never mixes two runs'
+        # files
+        return Predictor.from_run(settings.run.resolve(), backend=settings.resolved_backend, threads=settings.threads,
                                   tta=settings.tta)  # fmt: skip
 
     metrics = Metrics(CollectorRegistry(auto_describe=True))
@@ -93,6 +96,7 @@ def create_app(settings: ApiSettings, *, load: Callable[[], Predictor] | None = 
         from digitlab.serving.feedback import add_feedback_routes
 
         add_feedback_routes(app, service, auth, settings.feedback_db)
+    add_reload_routes(app, service, settings)
     _add_middleware(app, settings, service, metrics)
     return app
 

@@ -111,6 +111,8 @@ class ModelOut(BaseModel):
     tta: bool = Field(description="Predictions average 5 shifted copies (test-time augmentation).")
     device: str
     calibration: CalibrationOut
+    created: str | None = Field(None, description="When the model file served was written (UTC, ISO 8601).")
+    checkpoint_sha256: str | None = Field(None, description="SHA-256 of the model file served (as the backend).")
 
 
 class HealthOut(BaseModel):

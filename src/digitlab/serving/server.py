@@ -25,6 +25,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import multiprocess
 
 from digitlab.serving.protocol import GuardedHttpToolsProtocol, ProtocolLimits
+from digitlab.serving.reload import SUPERVISOR_ENV, forward_reload
 
 __all__ = ["DrainingServer", "server_config", "serve"]
 
@@ -105,6 +106,7 @@ class Supervisor(multiprocess.Multiprocess):
         # SIGTTIN); for as long as it runs, that name stands for DrainingProcess. Only this process is affected:
         # each worker unpickles its DrainingProcess by its own class.
         plain, multiprocess.Process = multiprocess.Process, DrainingProcess  # type: ignore[misc]
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())  # a worker's admin reload signals it (digitlab.serving.reload)
         try:
             super().run()
         finally:
@@ -117,6 +119,9 @@ class Supervisor(multiprocess.Multiprocess):
     def handle_term(self) -> None:
         self._close_sockets()
         super().handle_term()
+
+    def handle_hup(self) -> None:  # each worker reloads its model in place (uvicorn's would restart them all)
+        forward_reload([p.pid for p in self.processes])
 
     def _close_sockets(self) -> None:
         for sock in self.sockets:

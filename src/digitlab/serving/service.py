@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from digitlab.core.calibration import read_calibration
 from digitlab.core.errors import DigitlabError, RunDirError
 from digitlab.core.jsonfile import json_number
+from digitlab.core.rundir import MODEL_FILES
 from digitlab.serving.errors import NotReady, one_line, public_message
 from digitlab.serving.limits import DecodeMemory, ImageHead, check_request_pixels
 from digitlab.serving.observability import Metrics
@@ -47,8 +50,20 @@ def example_png() -> bytes:
     return buf.getvalue()
 
 
+def run_identity(run: Path, backend: str) -> dict[str, str | None]:
+    """When the model file `backend` loads from `run` was written, and its SHA-256 (None each when unreadable)."""
+    path = Path(run) / MODEL_FILES.get(backend, MODEL_FILES["torch"])
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        created = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    except OSError:
+        return {"created": None, "checkpoint_sha256": None}
+    return {"created": created, "checkpoint_sha256": digest}
+
+
 def model_out(predictor: Predictor, run: Path) -> ModelOut:
     info = predictor.info
+    run = Path(info.get("path") or run)  # the directory the predictor was loaded from (a symlink resolved)
     try:
         cal = read_calibration(run)
     except DigitlabError:
@@ -64,6 +79,7 @@ def model_out(predictor: Predictor, run: Path) -> ModelOut:
                                    nll=json_number(cal.get("nll_after")),
                                    fitted_on=cal.get("fitted_on") if isinstance(cal.get("fitted_on"), str) else None,
                                    ood=OodOut(**ood) if isinstance(ood, dict) else None),
+        **run_identity(run, str(info["backend"])),
     )  # fmt: skip
 
 
