@@ -132,6 +132,7 @@ COMMANDS = (
     "app",
     "serve",
     "ensemble",
+    "finetune",
     "data",
     "runs",
     "feedback",

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from digitlab.cli import data, evaluate, feedback, predict, runs, serve, train
+from digitlab.cli import data, evaluate, feedback, finetune, predict, runs, serve, train
 from digitlab.cli.base import err_console
 from digitlab.core.errors import DigitlabError, DigitlabWarning
 
@@ -22,6 +22,7 @@ app.command("export")(serve.export_command)
 app.command("app")(serve.app_command)
 app.command()(serve.serve)
 app.command()(train.ensemble)
+app.command()(finetune.finetune)
 app.add_typer(data.data_app, name="data")
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(feedback.feedback_app, name="feedback")

@@ -147,9 +147,11 @@ def calibrate_split(
     config: TrainConfig,
     device: str | torch.device = "cpu",
     sizes: dict[str, int | None] | None = None,
+    extra_sources: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Fit temperature and OOD rule on a validation split (its logits already computed, with the run's TTA)
-    and write RUN/calibration.json; returns what was written. Used by the run pipeline and by `calibrate_run`."""
+    and write RUN/calibration.json; returns what was written. Used by the run pipeline and by `calibrate_run`.
+    `extra_sources`: more digit sources the rule must keep (name -> uint8 (N, 28, 28)), e.g. users' feedback."""
     rd = run if isinstance(run, RunDir) else RunDir(Path(run))
     t0 = time.perf_counter()
     val_logits = np.asarray(val_logits, dtype=np.float64)
@@ -160,6 +162,7 @@ def calibrate_split(
     logits_of = _logits_fn(model, config, device)
     ood = {name: (logits_of(images), images) for name, images in sets.items()}
     found, used = digit_sources(val, config.data, sizes.get("digits"))
+    found, used = {**found, **(extra_sources or {})}, {**used, **{k: len(v) for k, v in (extra_sources or {}).items()}}
     sources = {name: (logits_of(images), images) for name, images in found.items()}
     _, ood_report = fit_ood(val_logits, val.images, ood, temperature, SOURCE_TPR, sources)
     kinds = ", ".join(f"{k} {v:,}" for k, v in used.items() if isinstance(v, int)) or "none"

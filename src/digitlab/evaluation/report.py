@@ -10,7 +10,7 @@ from digitlab.core.config import TrainConfig
 from digitlab.core.formatting import DASH, num, pct
 from digitlab.core.rundir import RunDir
 from digitlab.evaluation.metrics import ECE_BINS
-from digitlab.evaluation.sections import ensemble_markdown, realworld_markdown, robustness_markdown
+from digitlab.evaluation.sections import ensemble_markdown, finetune_markdown, realworld_markdown, robustness_markdown
 
 TEST_SET_POLICY = (
     "The official test set was used only for this final report: never to choose checkpoints, learning rates "
@@ -53,6 +53,8 @@ def write_report(
         lines += ["", *_test_section(metrics["test"], config.data if config else None)]
     if metrics.get("members"):  # an ensemble: its members, their own validation and test figures
         lines += ["", ensemble_markdown(metrics).rstrip()]
+    if metrics.get("finetune"):  # a fine-tuned run: its parent, the feedback, before/after (evaluation.finetune)
+        lines += ["", finetune_markdown(metrics).rstrip()]
     if metrics.get("realworld"):  # kept across re-evaluations: `evaluate --realworld` stored it in metrics.json
         lines += ["", realworld_markdown(metrics["realworld"]).rstrip()]
     for key in ("robustness", "robustness_val"):  # likewise kept: `evaluate --robustness`, `evaluate_robustness`

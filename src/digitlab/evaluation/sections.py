@@ -1,4 +1,4 @@
-"""Report sections (Markdown) that evaluations add to report.md: ensembles, real-world input, corruptions."""
+"""Report sections (Markdown) that evaluations add to report.md: ensembles, real-world input, corruptions, tuning."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ HEADINGS = {"test": "Corruption robustness (MNIST-C suite, test set)",
 
 
 REPORT_HEADING = "## Real-world input"
+FINETUNE_HEADING = "## Fine-tuning from feedback"
 
 
 # ---------------------------------------------------------------------------------------------- ensemble
@@ -148,4 +149,40 @@ def robustness_markdown(result: dict[str, Any]) -> str:
         )
     plot = PLOT_NAMES.get(split, PLOT_NAMES["test"])
     lines += ["", f"![Corruption robustness](plots/{plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_rows(compare: dict[str, Any], held_sessions: int) -> list[tuple[str, int, str, str, str]]:
+    """(set, n, before, after, refused before → after) for the report and the CLI."""
+    names = {"mnist_test": "MNIST test", "feedback_held_out": f"held-out feedback ({held_sessions} session(s))",
+             "feedback_trained": "feedback trained on"}  # fmt: skip
+    rows = []
+    for key, name in names.items():
+        c = compare.get(key) or {}
+        if not c:
+            continue
+        refused = f"{pct(c.get('refused_before'))} → {pct(c.get('refused_after'))}"
+        rows.append((name, int(c["n"]), pct(c.get("before")), pct(c.get("after")), refused))
+    return rows
+
+
+def finetune_markdown(metrics: dict[str, Any]) -> str:
+    """The report's section for a fine-tuned run (report.write_report adds it when metrics has "finetune")."""
+    f = metrics["finetune"]
+    p, fb, sp, o, tr = f["parent"], f["feedback"], f["split"], f["options"], f.get("training", {})
+    only = "" if fb.get("model") is None else f" collected on model `{fb['model']}`"
+    lines = [FINETUNE_HEADING, "",
+             f"Fine-tuned from `{p['run']}` (checkpoint SHA-256 `{p['checkpoint_sha256'][:16]}…`) on "
+             f"{fb['rows']:,} feedback rows{only} of `{fb['url']}` ({fb['skipped_empty']:,} seen as empty left "
+             f"out): {sp['train_rows']:,} rows of {sp['train_sessions']} session(s) trained on, "
+             f"{sp['held_out_rows']:,} rows of {sp['held_out_sessions']} other session(s) held out (seed "
+             f"{sp['seed']}). {o['steps']:,} steps of {o['feedback_per_batch']} feedback + {o['replay_per_batch']} "
+             f"MNIST training images, augmented as the parent's config says; {o['optimizer']} at lr {o['lr']:.3g} "
+             f"(warm-up, then linear decay to 0)" + (f"; {tr['seconds']:.1f} s." if "seconds" in tr else "."),
+             "", "Accuracy: the arg-max of the model's outputs (with the run's test-time augmentation); refused: "
+             "the share each run's own \"not a digit\" rule refuses. The held-out sessions chose nothing.",
+             "", "| set | n | before (parent) | after (this run) | refused before → after |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, n, before, after, refused in comparison_rows(f.get("compare") or {}, sp["held_out_sessions"]):
+        lines.append(f"| {name} | {n:,} | {before} | {after} | {refused} |")
     return "\n".join(lines) + "\n"

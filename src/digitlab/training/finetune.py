@@ -1,0 +1,106 @@
+"""Fine-tuning's training step: a run's model trained further on feedback images mixed with MNIST replay."""
+
+# The recipe and its defaults are described in digitlab.evaluation.finetune, which runs the whole fine-tuning.
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from digitlab.core.errors import ConfigError
+
+__all__ = ["FEEDBACK_PASSES", "LR_SCALE", "MIN_ROWS", "REPLAY", "STEPS_RANGE", "FinetuneConfig", "default_steps",
+           "fit_mixed"]  # fmt: skip
+
+MIN_ROWS = 20  # fewer feedback rows than this teach nothing measurable, and leave no validation to speak of
+LR_SCALE = 0.1  # fine-tuning lr = RUN's (peak) lr times this
+REPLAY = 0.75  # share of each batch drawn from RUN's MNIST training split
+FEEDBACK_PASSES = 40  # default steps: this many passes over the feedback trained on ...
+STEPS_RANGE = (50, 500)  # ... within these bounds
+WARMUP_FRAC = 0.1
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that decides a fine-tuning run besides RUN itself. Saved in NEW/config.json["finetune"]."""
+
+    feedback: str | None = None  # the store's URL (None: digitlab.data.feedback_db.default_url())
+    model: str | None = None  # use only feedback collected on this model id (None: all of it)
+    steps: int | None = None  # None: default_steps(rows trained on, feedback per batch)
+    replay: float = REPLAY  # share of each batch drawn from RUN's MNIST training split
+    holdout: float = 0.2  # share of the feedback rows held out for validation, by whole sessions
+    seed: int = 0
+    lr_scale: float = LR_SCALE
+    batch_size: int = 128
+    min_rows: int = MIN_ROWS
+
+    def check(self) -> None:
+        if not 0 <= self.replay < 1:
+            raise ConfigError(f"--replay must be in [0, 1), not {self.replay:g}: a batch needs feedback in it")
+        if not 0 < self.holdout < 1:
+            raise ConfigError(f"--holdout must be in (0, 1), not {self.holdout:g}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, not {self.steps}")
+        if not self.lr_scale > 0 or self.batch_size < 2:
+            raise ConfigError("the learning-rate scale must be above 0 and the batch at least 2 images")
+
+
+def default_steps(n_train: int, per_batch: int) -> int:
+    """FEEDBACK_PASSES passes over `n_train` rows at `per_batch` of them a step, within STEPS_RANGE."""
+    return int(min(STEPS_RANGE[1], max(STEPS_RANGE[0], math.ceil(FEEDBACK_PASSES * n_train / max(1, per_batch)))))
+
+
+def fit_mixed(model: Any, feedback: tuple[np.ndarray, np.ndarray], replay: tuple[np.ndarray, np.ndarray], config: Any,
+         ft: FinetuneConfig, steps: int, device: Any, amp_dtype: Any) -> tuple[float, float]:  # fmt: skip
+    """`steps` steps of RUN's optimiser on batches of feedback and MNIST replay, augmented as `config` says;
+    (seconds, mean loss of the last tenth of the steps)."""
+    import torch  # here, not above: `digitlab finetune --help` reads this module's defaults without torch
+    import torch.nn.functional as F
+
+    from digitlab.model.forward import to_tensor
+    from digitlab.training.augment import random_affine, thicken_strokes
+    from digitlab.training.noise_augment import corruption_augment
+    from digitlab.training.optim import make_optimizer, make_scheduler
+
+    lr = config.lr * ft.lr_scale
+    opt = make_optimizer(model, config.set(lr=lr))
+    sched = make_scheduler(opt, config.set(lr=lr, schedule="onecycle", epochs=1, warmup_frac=WARMUP_FRAC), steps)
+    channels_last = config.channels_last
+    if channels_last is None:  # as `train` decides it
+        channels_last = device.type == "cpu" and config.model in ("fast", "strided")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    fb_x, fb_y = to_tensor(feedback[0]).to(device), torch.from_numpy(feedback[1]).to(device)
+    rp_x, rp_y = to_tensor(replay[0]).to(device), torch.from_numpy(replay[1]).to(device)
+    n_fb = ft.batch_size - round(ft.batch_size * ft.replay)
+    gen = torch.Generator().manual_seed(ft.seed)
+    aug_gen = gen if device.type == "cpu" else None
+    model.train()
+    order = torch.randperm(len(fb_x), generator=gen)
+    pos, losses, t0 = 0, [], time.perf_counter()
+    for _ in range(steps):
+        if pos + n_fb > len(order):  # a new pass over the feedback, in a new order
+            order, pos = torch.cat([order[pos:], torch.randperm(len(fb_x), generator=gen)]), 0
+        idx = order[pos : pos + n_fb].to(device)
+        pos += n_fb
+        rp = torch.randint(len(rp_x), (ft.batch_size - n_fb,), generator=gen).to(device)
+        x, y = torch.cat([fb_x[idx], rp_x[rp]]), torch.cat([fb_y[idx], rp_y[rp]])
+        x = random_affine(x, config.rotate, config.zoom, config.translate, aug_gen, config.elastic,
+                          config.elastic_sigma)  # fmt: skip
+        x = corruption_augment(thicken_strokes(x, config.thicken, aug_gen), config.corrupt, config.corrupt_ops, aug_gen)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=config.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    seconds = time.perf_counter() - t0
+    model.to(memory_format=torch.contiguous_format)
+    return seconds, float(np.mean(losses[-max(1, steps // 10) :]))
