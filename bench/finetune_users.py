@@ -1,0 +1,231 @@
+"""Fine-tuning from simulated users: does `digitlab finetune` teach the bundled model a style it reads badly?
+
+    OMP_NUM_THREADS=2 python bench/finetune_users.py [RUN] [--rows 200] [--out bench/results/finetune_users.json]
+
+The users write with a fat marker (a round pen 18-26% of the digit's height) on a 280x280 canvas, narrow
+(width 0.6-0.85 of MNIST's) and slanted, each with their own pen, slant, width, size and browser export mode:
+MNIST *training* digits (of RUN's training split, none of them in data/realworld/) re-drawn with
+`digitlab.data.drawing`'s pen. The bundled model reads them worse than MNIST (see "before" below).
+
+1. --rows labelled drawings of the *feedback* users go into a temporary SQLite store through
+   `FeedbackStore.add`, as the demo stores them: the 28x28 that `digitlab.data.preprocess` made, the model's answer,
+   the user's session id.
+2. `digitlab finetune RUN --feedback URL --out NEW` (its default options unless given).
+3. RUN and NEW on drawings of *other* users (other MNIST digits): the *validation* users choose the defaults,
+   the *test* users are the figure; each as the arg-max (with the run's TTA, as the report) and as served
+   (`Predictor`, no TTA: refusals count as errors). MNIST test before/after and the seconds come from NEW's
+   metrics.json. JSON with the CPU goes to --out.
+Targets: test users' accuracy up >= 5 pp (or to >= 99%), MNIST test down <= 0.05 pp, fine-tuning <= 120 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from digitlab.core.rundir import RunDir
+from digitlab.data.datasets import Split, load_dataset, split_data
+from digitlab.data.drawing import CANVAS_SIDE, export_canvas, place, redraw
+from digitlab.data.realworld import CANVAS_MODES, load_realworld
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "src" / "digitlab" / "pretrained" / "fast"
+PEN = (0.18, 0.26)  # pen width / digit height
+ASPECT = (0.6, 0.85)  # width / MNIST's
+SLANT = (0.25, 0.5)  # horizontal shear of the digit, either way
+USERS = {"feedback": 8, "validation": 4, "test": 8}  # how many users of each kind
+PER_USER = {"validation": 50, "test": 50}  # drawings of each user that are scored
+
+
+@dataclass(frozen=True)
+class Style:
+    """One user's hand: everything their drawings share."""
+
+    user: str
+    pen: float  # pen width / digit height
+    aspect: float
+    slant: float
+    height: float  # px on the 280x280 canvas
+    mode: str  # how their browser exports the canvas
+
+
+def make_users(kind: str, n: int, seed: int) -> list[Style]:
+    rng = np.random.default_rng([seed, len(kind), n])
+    return [Style(f"{kind}-{i:02d}", float(rng.uniform(*PEN)), float(rng.uniform(*ASPECT)),
+                  float(rng.uniform(*SLANT) * rng.choice([-1, 1])), float(rng.uniform(130, 230)),
+                  CANVAS_MODES[int(rng.integers(len(CANVAS_MODES)))]) for i in range(n)]  # fmt: skip
+
+
+def _shear(digit: np.ndarray, s: float) -> np.ndarray:
+    im = Image.fromarray(digit)
+    return np.asarray(im.transform(im.size, Image.Transform.AFFINE, (1, s, -14 * s, 0, 1, 0),
+                                   Image.Resampling.BILINEAR))  # fmt: skip
+
+
+def draw(style: Style, digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`digit` (an MNIST 28x28) as `style` draws it: a 280x280 canvas export (see CANVAS_MODES)."""
+    height = style.height * rng.uniform(0.9, 1.1)
+    pen = style.pen * height * rng.uniform(0.95, 1.05)
+    cov = redraw(_shear(digit, style.slant + rng.uniform(-0.05, 0.05)), height,
+                    style.aspect * rng.uniform(0.95, 1.05), rng.uniform(-4, 4), pen)  # fmt: skip
+    return export_canvas(place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), style.mode)
+
+
+def source_pool(run: RunDir, ds: object) -> Split:
+    """RUN's training split without the MNIST training digits that data/realworld/ holds (its *-tune sets)."""
+    train, _ = split_data(ds, run.read_config())
+    used: set[bytes] = set()
+    for name in ("canvas-tune", "photo-tune", "lowres-tune", "pen-tune", "page-tune"):
+        origins = load_realworld(name).origins
+        used |= {ds.train.images[int(o.split(":")[1])].tobytes() for o in origins if o.startswith("mnist-train:")}
+    keep = np.array([im.tobytes() not in used for im in train.images])
+    return train.subset(np.flatnonzero(keep))
+
+
+def drawings(users: list[Style], per_user: int, pool: Split, picks: np.ndarray, seed: int) -> list[dict]:
+    """`per_user` drawings by each user of the pool digits `picks` (consumed in order): canvas, label, user."""
+    out, k = [], 0
+    for u, style in enumerate(users):
+        for i in range(per_user):
+            j = int(picks[k])
+            k += 1
+            rng = np.random.default_rng([seed, u, i])
+            out.append({"canvas": draw(style, pool.images[j], rng), "label": int(pool.labels[j]), "user": style.user})
+    return out
+
+
+def _canvas_png(canvas: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def fill_store(url: str, rows: list[dict], predictor: object) -> dict[str, int]:
+    """The feedback users' drawings as the demo stores them; how many the model had wrong."""
+    from digitlab.data.feedback_store import FeedbackStore
+
+    preds = predictor.predict([r["canvas"] for r in rows])
+    with FeedbackStore.open(url) as store:
+        for r, p in zip(rows, preds, strict=True):
+            store.add(image=_canvas_png(r["canvas"]), model_input=p.input, label=r["label"], predicted=p.digit,
+                      status=p.status, probabilities=p.probabilities, model=predictor.info["run"], source="demo",
+                      session=r["user"])  # fmt: skip
+    return {"rows": len(rows), "model_wrong": sum(p.digit != r["label"] for r, p in zip(rows, preds, strict=True))}
+
+
+def score(run: Path, rows: list[dict]) -> dict[str, float]:
+    """A run on drawings: arg-max of the model on the 28x28 preprocess makes (the run's TTA, as its report), and
+    as served (`Predictor`, no TTA; a refusal counts as an error)."""
+    from digitlab.inference.predict import Predictor
+    from digitlab.model.forward import load_model, predict_logits
+
+    served = Predictor.from_run(run, tta=False).predict([r["canvas"] for r in rows])
+    labels = np.array([r["label"] for r in rows])
+    inputs = np.stack([p.input for p in served])
+    logits = predict_logits(load_model(RunDir(run)), inputs, tta=RunDir(run).read_config().tta)
+    return {"n": len(rows), "accuracy": float(np.mean(logits.argmax(1) == labels)),
+            "served_accuracy": float(np.mean([p.digit == y for p, y in zip(served, labels, strict=True)])),
+            "refused": float(np.mean([p.status != "ok" for p in served]))}  # fmt: skip
+
+
+def mnist_val(run: Path, ds: object) -> float:
+    from digitlab.model.forward import load_model, predict_logits
+
+    rd = RunDir(run)
+    _, val = split_data(ds, rd.read_config())
+    return float(np.mean(predict_logits(load_model(rd), val.images, tta=rd.read_config().tta).argmax(1) == val.labels))
+
+
+def load_average() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", type=Path, default=BUNDLED)
+    parser.add_argument("--rows", type=int, default=200, help="feedback rows (spread over the feedback users)")
+    parser.add_argument("--seed", type=int, default=0, help="users, digits and drawings")
+    parser.add_argument("--finetune-args", default="", help="extra options for `digitlab finetune`, e.g. '--steps 300'")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    from digitlab.core.hardware import cpu_info
+    from digitlab.inference.predict import Predictor
+
+    ds = load_dataset(RunDir(args.run).read_config().data)
+    pool = source_pool(RunDir(args.run), ds)
+    picks = np.random.default_rng([args.seed, 7]).permutation(len(pool))
+    per_user = {"feedback": -(-args.rows // USERS["feedback"]), **PER_USER}
+    sets, used = {}, 0
+    for kind in USERS:
+        sets[kind] = drawings(make_users(kind, USERS[kind], args.seed), per_user[kind], pool, picks[used:], args.seed)
+        used += len(sets[kind])
+    sets["feedback"] = sets["feedback"][: args.rows]
+    print(f"drew {sum(len(v) for v in sets.values())} digits of {sum(USERS.values())} users", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="finetune-users-") as tmp:
+        url, new = f"sqlite:///{Path(tmp) / 'feedback.db'}", Path(tmp) / "new"
+        stored = fill_store(url, sets["feedback"], Predictor.from_run(args.run, tta=False))
+        print(f"stored {stored['rows']} feedback rows ({stored['model_wrong']} the model had wrong)", flush=True)
+        load_before = load_average()
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "digitlab.cli", "finetune", str(args.run), "--feedback", url, "--out", str(new),
+               *args.finetune_args.split()]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        print(done.stdout, done.stderr, flush=True)
+        if done.returncode != 0:
+            raise SystemExit(f"digitlab finetune failed ({done.returncode})")
+        metrics = json.loads((new / "metrics.json").read_text())
+        result = {kind: {"before": score(args.run, sets[kind]), "after": score(new, sets[kind])}
+                  for kind in ("validation", "test")}  # fmt: skip
+        result["mnist_val"] = {"before": mnist_val(args.run, ds), "after": mnist_val(new, ds)}
+    f = metrics["finetune"]
+    mnist = f["compare"]["mnist_test"]
+    gain = result["test"]["after"]["accuracy"] - result["test"]["before"]["accuracy"]
+    out = {
+        "run": str(args.run), "rows": stored, "users": {k: USERS[k] for k in USERS},
+        "per_user": per_user, "style": {"pen": PEN, "aspect": ASPECT, "slant": SLANT},
+        "finetune": {"command": f"digitlab finetune RUN --feedback URL --out NEW {args.finetune_args}".strip(),
+                     "seconds": round(seconds, 1), "train_seconds": f["training"]["seconds"],
+                     "options": f["options"], "split": f["split"], "held_out": f["compare"]["feedback_held_out"]},
+        "test_users": result["test"], "validation_users": result["validation"], "mnist_val": result["mnist_val"],
+        "mnist_test": {"n": mnist["n"], "before": mnist["before"], "after": mnist["after"]},
+        "targets": {"test_users_gain_pp": round(100 * gain, 2),
+                    "test_users_met": gain >= 0.05 or result["test"]["after"]["accuracy"] >= 0.99,
+                    "mnist_test_drop_pp": round(100 * (mnist["before"] - mnist["after"]), 2),
+                    "mnist_test_met": mnist["before"] - mnist["after"] <= 0.0005,
+                    "seconds_met": seconds <= 120},
+        "cpu": cpu_info().describe(), "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_before": load_before, "load_average_after": load_average(),
+        "precision": metrics.get("precision"),
+    }  # fmt: skip
+    for kind in ("validation_users", "test_users", "mnist_val"):
+        b, a = out[kind]["before"], out[kind]["after"]
+        b, a = (b["accuracy"], a["accuracy"]) if isinstance(b, dict) else (b, a)
+        print(f"{kind:>17}: {b:.2%} -> {a:.2%}")
+    print(
+        f"       mnist_test: {mnist['before']:.2%} -> {mnist['after']:.2%}; finetune {seconds:.1f} s; "
+        f"targets {out['targets']}"
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
