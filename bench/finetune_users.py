@@ -198,7 +198,8 @@ def main() -> None:
     mnist = f["compare"]["mnist_test"]
     gain = result["test"]["after"]["accuracy"] - result["test"]["before"]["accuracy"]
     out = {
-        "run": str(args.run), "rows": stored, "users": {k: USERS[k] for k in USERS},
+        "run": str(args.run.resolve().relative_to(REPO)) if args.run.resolve().is_relative_to(REPO) else str(args.run),
+        "seed": args.seed, "rows": stored, "users": {k: USERS[k] for k in USERS},
         "per_user": per_user, "style": {"pen": PEN, "aspect": ASPECT, "slant": SLANT},
         "finetune": {"command": f"digitlab finetune RUN --feedback URL --out NEW {args.finetune_args}".strip(),
                      "seconds": round(seconds, 1), "train_seconds": f["training"]["seconds"],
