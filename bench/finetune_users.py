@@ -1,6 +1,6 @@
 """Fine-tuning from simulated users: does `digitlab finetune` teach the bundled model a style it reads badly?
 
-    OMP_NUM_THREADS=2 python bench/finetune_users.py [RUN] [--rows 200] [--out bench/results/finetune_users.json]
+    OMP_NUM_THREADS=1 python bench/finetune_users.py [RUN] [--rows 200] [--out bench/results/finetune_users.json]
 
 The users write with a fat marker (a round pen 18-26% of the digit's height) on a 280x280 canvas, narrow
 (width 0.6-0.85 of MNIST's) and slanted, each with their own pen, slant, width, size and browser export mode:

@@ -78,19 +78,25 @@ def test_the_new_run_is_a_run_directory_the_predictor_loads(tuned, tiny_run, sto
     assert any((a != b).any() for a, b in zip(parent.state_dict().values(), child.state_dict().values(), strict=True))
 
 
-def test_metrics_and_report_compare_before_and_after(tuned):
+def test_metrics_and_report_compare_before_and_after(tuned, tiny_run):
     m = json.loads(tuned.run.metrics.read_text())
     f = m["finetune"]
     assert m["test"]["n"] == 300 and 0 <= m["test"]["accuracy"] <= 1
     compare = f["compare"]
-    assert compare["mnist_test"]["n"] == 300
-    assert compare["mnist_test"]["after"] == pytest.approx(m["test"]["accuracy"])  # the same model, the same split
+    parent = json.loads((Path(tiny_run) / "metrics.json").read_text())["test"]
+    assert compare["mnist_test"] == {
+        "n": 300,
+        "before": parent["accuracy"],
+        "after": m["test"]["accuracy"],
+        "before_from": "parent's metrics.json",
+    }  # the same split, the same TTA
     assert compare["feedback_held_out"]["n"] == f["split"]["held_out_rows"]
     assert compare["feedback_trained"]["n"] == f["split"]["train_rows"]
     assert f["split"]["held_out_rows"] + f["split"]["train_rows"] == 40
     assert f["training"]["seconds"] > 0 and "cpu" in m and "precision" in m
     report = tuned.run.report.read_text()
-    assert "## Fine-tuning from feedback" in report and "| MNIST test | 300 |" in report
+    mnist = f"| MNIST test | 300 | {100 * parent['accuracy']:.2f}% | {100 * m['test']['accuracy']:.2f}% |"
+    assert "## Fine-tuning from feedback" in report and mnist in report
     assert f"| held-out feedback ({f['split']['held_out_sessions']} session(s)) |" in report
     # re-evaluating keeps the section (it is written from metrics.json)
     from digitlab.evaluation.evaluate import evaluate_run

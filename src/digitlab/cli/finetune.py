@@ -49,7 +49,7 @@ def finetune(
     table = Table(title=f"{Path(run).name} → {out.name}")
     for col in ("set", "n", "before", "after", "refused (not a digit)"):
         table.add_column(col, justify="left" if col == "set" else "right")
-    for name, n, before, after, refused in comparison_rows(f["compare"], sp["held_out_sessions"]):
+    for name, n, before, after, refused in comparison_rows(result.metrics):
         table.add_row(name, f"{n:,}", before, f"[bold]{after}[/]", refused)
     console.print(table)
     console.print(f"[bold green]done[/] in {result.seconds:.0f} s: {out} (report: {out / 'report.md'})",

@@ -152,17 +152,21 @@ def robustness_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparison_rows(compare: dict[str, Any], held_sessions: int) -> list[tuple[str, int, str, str, str]]:
-    """(set, n, before, after, refused before → after) for the report and the CLI."""
-    names = {"mnist_test": "MNIST test", "feedback_held_out": f"held-out feedback ({held_sessions} session(s))",
-             "feedback_trained": "feedback trained on"}  # fmt: skip
+def comparison_rows(metrics: dict[str, Any]) -> list[tuple[str, int, str, str, str]]:
+    """(set, n, before, after, refused before → after) of a fine-tuned run's metrics, for the report and the CLI."""
+    f = metrics["finetune"]
+    names = {"mnist_test": "MNIST test", "feedback_held_out": f"held-out feedback ({f['split']['held_out_sessions']} "
+             "session(s))", "feedback_trained": "feedback trained on"}  # fmt: skip
     rows = []
     for key, name in names.items():
-        c = compare.get(key) or {}
+        c = (f.get("compare") or {}).get(key) or {}
         if not c:
             continue
-        refused = f"{pct(c.get('refused_before'))} → {pct(c.get('refused_after'))}"
-        rows.append((name, int(c["n"]), pct(c.get("before")), pct(c.get("after")), refused))
+        after = c.get("after")
+        if key == "mnist_test" and after is None:  # filled in once the test evaluation is done
+            after = (metrics.get("test") or {}).get("accuracy")
+        refused = "—" if key == "mnist_test" else f"{pct(c.get('refused_before'))} → {pct(c.get('refused_after'))}"
+        rows.append((name, int(c["n"]), pct(c.get("before")), pct(after), refused))
     return rows
 
 
@@ -183,6 +187,6 @@ def finetune_markdown(metrics: dict[str, Any]) -> str:
              "the share each run's own \"not a digit\" rule refuses. The held-out sessions chose nothing.",
              "", "| set | n | before (parent) | after (this run) | refused before → after |",
              "|---|---:|---:|---:|---:|"]  # fmt: skip
-    for name, n, before, after, refused in comparison_rows(f.get("compare") or {}, sp["held_out_sessions"]):
+    for name, n, before, after, refused in comparison_rows(metrics):
         lines.append(f"| {name} | {n:,} | {before} | {after} | {refused} |")
     return "\n".join(lines) + "\n"

@@ -14,11 +14,12 @@ import numpy as np
 from digitlab.core.errors import ConfigError
 
 __all__ = ["FEEDBACK_PASSES", "LR_SCALE", "MIN_ROWS", "REPLAY", "STEPS_RANGE", "FinetuneConfig", "default_steps",
-           "fit_mixed"]  # fmt: skip
+           "fit_mixed", "interpolate"]  # fmt: skip
 
 MIN_ROWS = 20  # fewer feedback rows than this teach nothing measurable, and leave no validation to speak of
 LR_SCALE = 0.1  # fine-tuning lr = RUN's (peak) lr times this
 REPLAY = 0.75  # share of each batch drawn from RUN's MNIST training split
+PARENT_WEIGHT = 0.25  # share of RUN's weights in the ones kept (the rest: the fine-tuned weights)
 FEEDBACK_PASSES = 40  # default steps: this many passes over the feedback trained on ...
 STEPS_RANGE = (50, 500)  # ... within these bounds
 WARMUP_FRAC = 0.1
@@ -36,6 +37,7 @@ class FinetuneConfig:
     seed: int = 0
     lr_scale: float = LR_SCALE
     batch_size: int = 128
+    parent_weight: float = PARENT_WEIGHT
     min_rows: int = MIN_ROWS
 
     def check(self) -> None:
@@ -45,8 +47,9 @@ class FinetuneConfig:
             raise ConfigError(f"--holdout must be in (0, 1), not {self.holdout:g}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, not {self.steps}")
-        if not self.lr_scale > 0 or self.batch_size < 2:
-            raise ConfigError("the learning-rate scale must be above 0 and the batch at least 2 images")
+        if not self.lr_scale > 0 or self.batch_size < 2 or not 0 <= self.parent_weight < 1:
+            raise ConfigError("the learning-rate scale must be above 0, the batch at least 2 images and the "
+                              "parent's weight in [0, 1)")  # fmt: skip
 
 
 def default_steps(n_train: int, per_batch: int) -> int:
@@ -104,3 +107,11 @@ def fit_mixed(model: Any, feedback: tuple[np.ndarray, np.ndarray], replay: tuple
     seconds = time.perf_counter() - t0
     model.to(memory_format=torch.contiguous_format)
     return seconds, float(np.mean(losses[-max(1, steps // 10) :]))
+
+
+def interpolate(model: Any, parent: Any, parent_weight: float) -> None:
+    """model <- (1 - parent_weight) * model + parent_weight * parent, every floating tensor of the state (WiSE-FT,
+    Wortsman et al. 2022; the BatchNorm statistics included, step counters stay the model's)."""
+    theirs = parent.state_dict()
+    mixed = {k: v.lerp(theirs[k], parent_weight) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(mixed)
