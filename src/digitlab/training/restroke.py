@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
 from digitlab.data.frame import frame_ink
+from digitlab.model.forward import to_tensor
 
 PEN = (0.02, 0.26)  # pen width as a share of the digit's height: a hairline to a fat marker
 POOL = 12_000  # copies made per run (~30 s on 2 cores); each batch draws its `restroke` share from them
@@ -56,7 +57,7 @@ def pen_pool(
     if share <= 0:
         return None
     copies, idx = restroked_pool(images, POOL, seed, progress)
-    x = torch.from_numpy(copies).unsqueeze(1).float().div_(255).to(device)
+    x = to_tensor(copies).to(device)
     return x, torch.from_numpy(np.asarray(labels)[idx]).to(device)
 
 
