@@ -1,5 +1,8 @@
 """The training precision is chosen from the CPU's features, and the reason is said: tested with faked CPUs."""
 
+import pytest
+
+from digitlab.core.errors import ConfigError
 from digitlab.core.hardware import CpuInfo, choose_precision, cpu_info
 
 EPYC_FP32 = CpuInfo("AMD EPYC 7B13", frozenset({"avx2", "fma"}))
@@ -51,3 +54,27 @@ def test_bf16_kernels_without_native_bf16_instructions_train_in_fp32():
     assert choice.dtype is None and "no native bf16" in choice.reason
     unknown = CpuInfo("arm64", frozenset())  # no x86 flags to go by: trust the library
     assert choose_precision("auto", "cpu", unknown, bf16_supported=True).dtype == "bfloat16"
+
+
+def test_presets_have_an_fp32_variant_chosen_where_training_runs_in_fp32(monkeypatch):
+    import torch
+
+    from digitlab.cli.train import _variant
+    from digitlab.core.config import FP32_VARIANTS, get_preset, recipe_line
+
+    fast32 = get_preset("fast", "fp32")
+    assert fast32.variant == "fp32" and fast32 == get_preset("fast").set(variant="fp32", **FP32_VARIANTS["fast"])
+    assert recipe_line(fast32) == "recipe: fast, fp32 variant (epochs=3, batch_size=128)"
+    assert recipe_line(get_preset("fast")) == "recipe: fast"
+    assert get_preset("seed", "fp32") == get_preset("seed")  # no fp32 variant: trains as defined
+    with pytest.raises(ConfigError, match="unknown variant"):
+        get_preset("fast", "int4")
+
+    cases = [(EPYC_FP32, False, "fp32"), (EPYC_BF16, True, ""), (XEON_AMX, True, ""),
+             (EPYC_BF16, False, "fp32")]  # fmt: skip  # the last: bf16 flags, but oneDNN without bf16 kernels
+    for cpu, native, want in cases:
+        monkeypatch.setattr("digitlab.core.hardware.cpu_info", lambda cpu=cpu: cpu)
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert _variant("fast", "auto", "cpu") == want, cpu
+    assert _variant("seed", "auto", "cpu") == ""  # asks for fp32, but has no variant
+    assert _variant("fast", "none", "cpu") == "" and _variant("fast", "fp32", "cpu") == "fp32"

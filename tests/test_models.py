@@ -10,6 +10,7 @@ from digitlab.training.augment import (
     apply_affine,
     elastic_offsets,
     random_affine,
+    resize_for_epoch,
     sample_affine,
     thicken_strokes,
 )
@@ -26,6 +27,31 @@ def test_fast_model_outputs_logits_for_any_batch():
     model = build_model("fast").eval()
     for n in (1, 7):
         assert model(torch.rand(n, 1, 28, 28)).shape == (n, 10)
+
+
+def test_fast_model_stride_stem_has_no_28x28_feature_map():
+    model = build_model("fast", widths=[16, 32, 64], stem="stride").eval()
+    sides = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda mod, i, o: sides.append(o.shape[-1]))
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert sides == [14, 14, 7, 7]
+    assert count_params(model) < count_params(build_model("fast", widths=[16, 32, 64]))
+    with pytest.raises(ConfigError, match="stem"):
+        build_model("fast", stem="patchify")
+
+
+def test_progressive_resizing_shrinks_early_epochs_and_keeps_the_last_side():
+    x = torch.zeros(3, 1, 28, 28)
+    x[:, :, 8:20, 12:16] = 1
+    sizes = [16, 20, 28]
+    assert resize_for_epoch(x, sizes, 0).shape == (3, 1, 16, 16)
+    assert resize_for_epoch(x, sizes, 1).shape == (3, 1, 20, 20)
+    assert resize_for_epoch(x, sizes, 2) is x and resize_for_epoch(x, sizes, 7) is x  # the last entry repeats
+    assert resize_for_epoch(x, [], 0) is x
+    for side in (14, 16, 20, 24):  # anti-aliased: the ink's share of the image is kept, strokes not bolded
+        assert abs(resize_for_epoch(x, [side], 0).mean().item() - x.mean().item()) < 0.02 * x.mean().item()
 
 
 def test_unknown_model_lists_valid_names():

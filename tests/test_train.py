@@ -188,6 +188,21 @@ def test_cli_set_changes_any_field_and_no_test_skips_the_test_set(tmp_path):
     assert res.returncode == 1 and "--set takes key=value" in res.stderr
 
 
+def test_cli_variant_is_recorded_and_options_still_win(tmp_path):
+    out = tmp_path / "r"
+    res = run_cli("train", "--preset", "fast", "--variant", "fp32", "--limit", "400", "--epochs", "1",
+                  "--test-limit", "100", "--set", 'model_args={"widths": [4, 8, 8]}', "--out", out)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["variant"] == "fp32" and config["batch_size"] == 128 and config["epochs"] == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == "recipe: fast, fp32 variant (epochs=3, batch_size=128)"
+    report = (out / "report.md").read_text()
+    assert "| Recipe | fast, fp32 variant (epochs=3, batch_size=128) |" in report and "| CPU | " in report
+    res = run_cli("train", "--preset", "fast", "--variant", "int4", "--out", tmp_path / "x")
+    assert res.returncode != 0 and "choose auto, fp32 or none" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_resume_never_runs_code_from_a_checkpoint(tmp_path):
     """A run directory from anywhere must not execute its author's code: every checkpoint load is weights-only."""
     import pickle

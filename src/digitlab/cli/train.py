@@ -84,6 +84,9 @@ def train(
         None, "--set", help="Any config field, e.g. --set elastic=0 --set ema=null (JSON values; repeatable)."
     ),
     test: bool = typer.Option(True, "--test/--no-test", help="Evaluate on the test set (off for ablations)."),
+    variant: str = typer.Option(
+        "auto", help="auto: the preset's fp32 variant where training runs in fp32 (no native bf16); fp32; none."
+    ),
 ) -> None:
     """Train a model into a run directory, then evaluate it on the official test set and export model.onnx."""
     from digitlab.core.config import get_preset
@@ -94,10 +97,11 @@ def train(
             "--preset": preset if preset != "seed" else None, "--out": out, "--data": data, "--epochs": epochs,
             "--batch-size": batch_size, "--lr": lr, "--seed": seed, "--split-seed": split_seed,
             "--val-fraction": val_fraction, "--limit": limit, "--test-limit": test_limit, "--device": device,
-            "--threads": threads, "--padding": padding, "--sync-bn": sync_bn, "--set": set_ or None})  # fmt: skip
+            "--threads": threads, "--padding": padding, "--sync-bn": sync_bn, "--set": set_ or None,
+            "--variant": None if variant == "auto" else variant})  # fmt: skip
         config, out = None, resume
     else:
-        config = get_preset(preset)
+        config = get_preset(preset, _variant(preset, variant, device))
         model_args = dict(config.model_args, padding=padding) if padding else None
         config = config.override(
             data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
@@ -110,6 +114,21 @@ def train(
     metrics = _train_with_progress(config, out, resume is not None, test)
     if current_rank() == 0:
         _print_summary(metrics, out)
+
+
+def _variant(preset: str, choice: str, device: str | None) -> str:
+    """--variant as get_preset's argument: auto picks the fp32 variant where this machine trains in fp32."""
+    from digitlab.core.config import get_preset, variant_for
+    from digitlab.core.hardware import cpu_info
+    from digitlab.model.forward import pick_device
+    from digitlab.training.optim import trains_in_fp32
+
+    if choice not in ("auto", "fp32", "none"):
+        raise typer.BadParameter(f"{choice!r}: choose auto, fp32 or none", param_hint="--variant")
+    if choice != "auto":
+        return "" if choice == "none" else choice
+    config = get_preset(preset)
+    return variant_for(preset, trains_in_fp32(config.precision, pick_device(device or config.device), cpu_info()))
 
 
 def _refuse_changes_on_resume(resume: Path, options: dict[str, Any]) -> None:

@@ -50,6 +50,8 @@ class TrainConfig:
     thicken_reach: float = 1.0  # the most a fattened stroke grows, in pixels each side (2 closes small loops)
     corrupt: float = 0.0  # augmentation: share of images given one degradation from `corrupt_ops` (0: off)
     corrupt_ops: list[str] = field(default_factory=lambda: list(CORRUPT_OPS))  # names in noise_augment.OPS
+    image_sizes: list[int] = field(default_factory=list)  # progressive resizing: the side each epoch trains at
+    # (epoch i uses entry i, the last entry repeats; evaluation is always at the data's own side); []: off
     ema: float | None = None  # decay of an exponential moving average of the weights, per step; None: off
     tta: bool = False  # test-time augmentation (average over small shifts) at evaluation
     eval_every: int = 1  # validate every N epochs (the last epoch is always validated)
@@ -59,6 +61,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward/backward (pays only where measured to)
     sync_bn: bool = False  # torchrun: synchronise BatchNorm statistics across ranks (SyncBatchNorm)
     threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+    variant: str = ""  # which of the preset's variants this is: "" as defined, "fp32" (FP32_VARIANTS)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -94,7 +97,8 @@ class TrainConfig:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
-                                       "dict[str, Any]": (dict,), "list[str]": (list,)}  # fmt: skip
+                                       "dict[str, Any]": (dict,), "list[str]": (list,),
+                                       "list[int]": (list,)}  # fmt: skip
 _AT_LEAST = {"epochs": 0, "batch_size": 1, "eval_every": 1, "limit": 1, "test_limit": 1, "threads": 1, "lr": 0.0}
 
 
@@ -190,10 +194,40 @@ ROBUST = replace(FAST, preset="robust", model_args={"widths": [24, 48, 96]}, epo
 
 PRESETS: dict[str, TrainConfig] = {"seed": SEED, "fast": FAST, "accurate": ACCURATE, "robust": ROBUST}
 
+# What a preset changes where it trains in fp32 (a CPU without native bf16, or --precision fp32). The presets
+# above were tuned with bf16 autocast, which buys ~1.5x images/s; in fp32 the same `fast` recipe is only 0.82x
+# the reference CNN's time. Each variant is chosen on validation and timed side by side with the reference on an
+# fp32-only CPU: docs/cpu-speed.md has the table, bench/results/vs_reference-*.json the runs.
+#  fast: 3 epochs at batch 128 instead of 5 at batch 256, same peak lr: 1.2x the optimiser steps for 0.6x the
+#        images, the same validation accuracy (99.55% vs 99.54%, seeds 0-1).
+FP32_VARIANTS: dict[str, dict[str, Any]] = {
+    "fast": {"epochs": 3, "batch_size": 128},
+}
 
-def get_preset(name: str) -> TrainConfig:
-    """Look up a preset by name; an unknown name lists the valid ones."""
+
+def get_preset(name: str, variant: str = "") -> TrainConfig:
+    """Look up a preset by name, as defined or as its `variant` ("fp32"); an unknown name lists the valid ones."""
     try:
-        return PRESETS[name]
+        config = PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+    if not variant:
+        return config
+    if variant != "fp32":
+        raise ConfigError(f"unknown variant {variant!r}; choose fp32 (or none)")
+    if name not in FP32_VARIANTS:
+        return config  # a preset without an fp32 variant trains as defined in fp32 too
+    return replace(config, variant=variant, **FP32_VARIANTS[name])
+
+
+def variant_for(name: str, fp32: bool) -> str:
+    """The variant of preset `name` for a machine that trains in fp32 (`fp32`) or not: "fp32" or ""."""
+    return "fp32" if fp32 and name in FP32_VARIANTS else ""
+
+
+def recipe_line(config: TrainConfig) -> str:
+    """The recipe in one line, e.g. 'recipe: fast, fp32 variant (epochs=3, batch_size=128)'."""
+    if not config.variant:
+        return f"recipe: {config.preset}"
+    changes = ", ".join(f"{k}={v}" for k, v in FP32_VARIANTS.get(config.preset, {}).items())
+    return f"recipe: {config.preset}, {config.variant} variant ({changes})"

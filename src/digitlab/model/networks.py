@@ -70,20 +70,28 @@ def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, padding: int = 1) 
 class FastNet(nn.Module):
     """A small all-conv BN network sized for CPU throughput (the `fast` preset).
 
-    - Pool early: only the cheap 1-channel stem runs at 28x28; the wide layers run at 14x14 and 7x7.
+    - Leave 28x28 early: only the cheap 1-channel stem sees full resolution; the wide layers run at 14x14 and 7x7.
     - Conv-BN-ReLU without biases, global max pooling and one linear layer: no large dense head.
     - A fixed scale on the logits (1/8, as in airbench) keeps early training stable at a high SGD lr.
+
+    `stem="pool"`: a 3x3 conv at 28x28 then 2x2 max pooling, two convs at 14x14 (w0, w1, w1), two at 7x7 (w2).
+    `stem="stride"`: a stride-2 3x3 conv straight to 14x14, one conv at 14x14 (w0, w1), two at 7x7 (w2). No
+    28x28 feature map at all, whose BatchNorm, ReLU and pooling passes cost fp32 CPUs more than its multiply-adds
+    (bench/results/fp32_recipe.json).
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10) -> None:
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), stem: str = "pool", num_classes: int = 10) -> None:
         super().__init__()
         w0, w1, w2 = widths
+        if stem == "pool":
+            front = [conv_bn(1, w0), nn.MaxPool2d(2), conv_bn(w0, w1), conv_bn(w1, w1)]  # 28 -> 14
+        elif stem == "stride":
+            front = [conv_bn(1, w0, stride=2), conv_bn(w0, w1)]  # 28 -> 14
+        else:
+            raise ConfigError(f"stem must be 'pool' or 'stride', not {stem!r}")
         self.net = nn.Sequential(
             Normalize(),
-            conv_bn(1, w0),  # (N, w0, 28, 28)
-            nn.MaxPool2d(2),  # (N, w0, 14, 14)
-            conv_bn(w0, w1),
-            conv_bn(w1, w1),
+            *front,  # (N, w1, 14, 14)
             nn.MaxPool2d(2),  # (N, w1, 7, 7)
             conv_bn(w1, w2),
             conv_bn(w2, w2),

@@ -27,14 +27,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
-from digitlab.core.config import TrainConfig
+from digitlab.core.config import TrainConfig, recipe_line
 from digitlab.core.errors import ConfigError, RunDirError, StorageError
 from digitlab.core.hardware import cpu_info
 from digitlab.core.rundir import RunDir, save_weights
 from digitlab.data.datasets import Dataset, Split, load_dataset, split_data
 from digitlab.model.forward import device_description, load_model, pick_device, predict_logits, to_tensor
 from digitlab.model.networks import build_model, count_params
-from digitlab.training.augment import random_affine, thicken_strokes
+from digitlab.training.augment import random_affine, resize_for_epoch, thicken_strokes
 from digitlab.training.checkpointing import (
     TrainState,
     load_last,
@@ -212,7 +212,7 @@ def _start(config: TrainConfig, rd: RunDir, dd: Dist, device: torch.device, resu
     cpu = cpu_info()
     precision = precision_choice(config.precision, device, cpu)
     amp_dtype = None if precision.dtype is None else getattr(torch, precision.dtype)
-    hardware = {"cpu": cpu.describe(), "precision": precision.line()}
+    hardware = {"cpu": cpu.describe(), "precision": precision.line(), "recipe": recipe_line(config)}
     if reporter:
         reporter.note("; ".join(hardware.values()))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -298,6 +298,7 @@ def _batch(s: _Session) -> tuple[torch.Tensor, torch.Tensor]:
     x = random_affine(x, c.rotate, c.zoom, c.translate, s.aug_gen, c.elastic, c.elastic_sigma)
     x = thicken_strokes(x, c.thicken, s.aug_gen, c.thicken_reach)
     x = corruption_augment(x, c.corrupt, c.corrupt_ops, s.aug_gen)
+    x = resize_for_epoch(x, c.image_sizes, state.epoch)
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y

@@ -23,6 +23,11 @@ def precision_choice(precision: str, device: torch.device, cpu: CpuInfo) -> Prec
     return choose_precision(precision, device.type, cpu, bf16)
 
 
+def trains_in_fp32(precision: str, device: torch.device, cpu: CpuInfo) -> bool:
+    """Whether a config with this `precision` trains in plain fp32 on this CPU (its presets' fp32 variants)."""
+    return device.type == "cpu" and precision_choice(precision, device, cpu).dtype is None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators."""
     random.seed(seed)
