@@ -61,7 +61,17 @@ def recipe(preset: str, seed: int, sets: list[str], run: Path, env: dict[str, st
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     m = json.loads((run / "metrics.json").read_text())
     return {"train_seconds": m["train_seconds"], "test_accuracy": m["test"]["accuracy"],
-            "precision": m.get("precision"), "cpu": m.get("cpu")}  # fmt: skip
+            "precision": m.get("precision"), "recipe": m.get("recipe"), "cpu": m.get("cpu")}  # fmt: skip
+
+
+def cpu_family_model() -> str:
+    """'family F model M' from /proc/cpuinfo: cloud CPUs often name themselves only 'AMD EPYC'."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+        info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first)}
+        return f"family {info['cpu family']} model {info['model']}"
+    except (OSError, KeyError):
+        return "unknown"
 
 
 def main() -> None:
@@ -92,6 +102,7 @@ def main() -> None:
                   f"{around:.1f} s -> ratio {pairs[-1]['ratio']:.2f}", flush=True)  # fmt: skip
     summary = {
         "preset": args.preset, "set": args.set, "isa_cap": args.isa, "cpu": cpu.describe(),
+        "cpu_family_model": cpu_family_model(),
         "command": "python bench/vs_reference.py " + " ".join(sys.argv[1:]),
         "test_accuracy_mean": statistics.mean(p["test_accuracy"] for p in pairs),
         "train_seconds_mean": statistics.mean(p["train_seconds"] for p in pairs),

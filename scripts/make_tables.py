@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from doctables import realworld, results, robustness, serving
+from doctables import cpu, realworld, results, robustness, serving
 from doctables.common import REPO
 
 MARKER = re.compile(
@@ -40,6 +40,9 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "robustness-recipe": ("docs/robustness.md", robustness.recipe),
     "robustness-robust": ("docs/robustness.md", robustness.robust_table),
     "serving-figures": ("docs/serving.md", serving.figures),
+    "cpu-vs-reference": ("docs/cpu-speed.md", cpu.vs_reference),
+    "cpu-fp32-fast": ("docs/cpu-speed.md", cpu.fast_candidates),
+    "cpu-profile": ("docs/cpu-speed.md", cpu.profile),
 }
 
 

@@ -1,0 +1,86 @@
+"""docs/cpu-speed.md's tables: bench/vs_reference.py (recipe vs reference) and bench/fp32_recipe.py (candidates)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from doctables.common import RESULTS, load, pct, pcts, table
+
+TARGETS = {("fast", "avx2"): "≤ 0.5× (stretch 0.35×), ≥ 99.60%", ("fast", "native"): "≤ 0.6×, ≥ 99.60%",
+           ("accurate", "avx2"): "≤ 3×, ≥ 99.70%"}  # fmt: skip
+
+
+def _runs() -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for path in sorted(RESULTS.glob("vs_reference-*.json")):
+        preset, isa = path.stem.removeprefix("vs_reference-").rsplit("-", 1)
+        out.append((preset, isa, load(path)))
+    return out
+
+
+def vs_reference() -> str:
+    rows = []
+    for preset, isa, r in _runs():
+        first = r["pairs"][0]
+        recipe = (first.get("recipe") or f"recipe: {preset}").removeprefix("recipe: ")
+        precision = first["precision"].removeprefix("precision: ").split(" (")[0]
+        accs = pcts(p["test_accuracy"] for p in r["pairs"])
+        ratios = ", ".join(f"{p['ratio']:.2f}" for p in r["pairs"])
+        reference = f"{r['reference_seconds_mean']:.1f} s ({pct(r['reference_test_accuracy_mean'])})"
+        rows.append([f"`{recipe}`", f"{r['cpu']}, {r.get('cpu_family_model', '')}; {precision}",
+                     f"**{pct(r['test_accuracy_mean'])}** ({accs})", f"{r['train_seconds_mean']:.1f} s", reference,
+                     f"**{r['ratio_mean']:.2f}×** ({ratios})", TARGETS.get((preset, isa), ""),
+                     f"`{r['command']}`"])  # fmt: skip
+    header = ["recipe", "CPU (ISA); precision", "official test, mean of 3 seeds", "training", "reference (its test)",
+              "ratio", "target", "command"]  # fmt: skip
+    return table(header, ["---", "---", "---:", "---:", "---:", "---:", "---", "---"], rows)
+
+
+def candidates(preset: str) -> str:
+    r = load(RESULTS / f"fp32_recipe-{preset}.json")
+    rows = []
+    for c in r["candidates"]:
+        seeds = c["seeds"]
+        vals = ", ".join(f"{100 * seeds[s]['val_accuracy']:.2f}" for s in sorted(seeds))
+        mean = c["val_accuracy_mean_seeds_0_1"]
+        rows.append([c["what"], f"`{' '.join(c['set']) or '(none)'}`", f"{pct(mean) if mean else '—'} ({vals})",
+                     f"{c['train_seconds_mean']:.1f} s"])  # fmt: skip
+    header = [f"`{preset}` candidate ({r['cpu']}, oneDNN capped at {r['isa_cap']})", "`--set`",
+              "validation, mean of seeds 0–1 (each seed from 0)", "training, mean"]  # fmt: skip
+    return table(header, ["---", "---", "---:", "---:"], rows)
+
+
+def fast_candidates() -> str:
+    return candidates("fast")
+
+
+def accurate_candidates() -> str:
+    return candidates("accurate")
+
+
+PROFILES = ("fast-fp32-avx2", "fast-native")  # bench/results/profile-<name>.json, as the page's commands write
+
+
+def profile() -> str:
+    rows = []
+    for name in PROFILES:
+        r = load(RESULTS / f"profile-{name}.json")
+        variant = f" {r['variant']} variant" if r.get("variant") else ""
+        run = f"`{r['preset']}`{variant}, batch {r['batch_size']}"
+        precision = r["precision"].removeprefix("precision: ").split(" (")[0]
+        phases = " / ".join(pct(r["phases_share"][k], 0) for k in ("augmentation", "forward", "backward", "optimizer"))
+        gflops = (
+            f"{r['achieved_gflops']:.0f}: {pct(r['share_of_peak'], 0)} of {r['peak_gflops']:.0f} nominal, "
+            f"{pct(r['share_of_ceiling'], 0)} of {r['conv_ceiling_gflops']:.0f} (1×1 conv)"
+        )
+        ops = ", ".join(f"{o['name'].removeprefix('aten::')} {pct(o['self_share'], 0)}" for o in r["top_operators"][:6])
+        rows.append([run, f"{r['cpu']}; {precision}", f"{r['images_per_second']:,}", phases, gflops, ops])
+    header = [
+        "run",
+        "CPU; precision",
+        "train images/s",
+        "augment / forward / backward / optimiser",
+        "achieved GFLOP/s: of the nominal fp32 peak, of a large 1×1 convolution's",
+        "top operators (self time)",
+    ]
+    return table(header, ["---", "---", "---:", "---", "---", "---"], rows)
