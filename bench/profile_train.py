@@ -87,8 +87,7 @@ def profile(preset: str, steps: int, sets: list[str], variant: str = "") -> dict
     from digitlab.data.datasets import load_dataset
     from digitlab.model.forward import to_tensor
     from digitlab.model.networks import build_model
-    from digitlab.training.augment import random_affine, thicken_strokes
-    from digitlab.training.noise_augment import corruption_augment
+    from digitlab.training.augment import augment_batch
     from digitlab.training.optim import make_optimizer, make_scheduler, precision_choice
 
     config = get_preset(preset, variant).set(**parse_sets(sets))
@@ -110,13 +109,12 @@ def profile(preset: str, steps: int, sets: list[str], variant: str = "") -> dict
     def step(i: int, timed: bool) -> None:
         t = time.perf_counter()
         idx = torch.randint(len(x_all), (b,), generator=gen)
-        x = random_affine(x_all[idx], config.rotate, config.zoom, config.translate, gen, config.elastic,
-                          config.elastic_sigma)  # fmt: skip
-        x = thicken_strokes(x, config.thicken, gen, config.thicken_reach)
-        x = corruption_augment(x, config.corrupt, config.corrupt_ops, gen).contiguous(memory_format=torch.channels_last)
+        # the loop's augmentation chain at its last epoch's image size; restroke's pen pool is not built here
+        x, y = augment_batch(x_all[idx], y_all[idx], config, None, gen, done_epochs=config.epochs)
+        x = x.contiguous(memory_format=torch.channels_last)
         marks = [("augmentation", time.perf_counter())]
         with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-            loss = F.cross_entropy(model(x).float(), y_all[idx], label_smoothing=config.label_smoothing)
+            loss = F.cross_entropy(model(x).float(), y, label_smoothing=config.label_smoothing)
         marks.append(("forward", time.perf_counter()))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -42,6 +42,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "serving-figures": ("docs/serving.md", serving.figures),
     "cpu-vs-reference": ("docs/cpu-speed.md", cpu.vs_reference),
     "cpu-fp32-fast": ("docs/cpu-speed.md", cpu.fast_candidates),
+    "cpu-fp32-accurate": ("docs/cpu-speed.md", cpu.accurate_candidates),
     "cpu-profile": ("docs/cpu-speed.md", cpu.profile),
 }
 

@@ -46,7 +46,7 @@ def candidates(preset: str) -> str:
         rows.append([c["what"], f"`{' '.join(c['set']) or '(none)'}`", f"{pct(mean) if mean else '—'} ({vals})",
                      f"{c['train_seconds_mean']:.1f} s"])  # fmt: skip
     header = [f"`{preset}` candidate ({r['cpu']}, oneDNN capped at {r['isa_cap']})", "`--set`",
-              "validation, mean of seeds 0–1 (each seed from 0)", "training, mean"]  # fmt: skip
+              "validation: mean of seeds 0–1 where both ran (each seed, from 0)", "training, mean"]  # fmt: skip
     return table(header, ["---", "---", "---:", "---:"], rows)
 
 

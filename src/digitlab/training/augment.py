@@ -8,6 +8,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from digitlab.core.config import TrainConfig
+from digitlab.training.noise_augment import corruption_augment
+from digitlab.training.restroke import swap_in
+
 
 @dataclass(frozen=True)
 class AffineParams:
@@ -132,3 +136,22 @@ def resize_for_epoch(x: torch.Tensor, sizes: list[int], done_epochs: int) -> tor
     if side >= x.shape[-1]:
         return x
     return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+
+def augment_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    pens: tuple[torch.Tensor, torch.Tensor] | None,
+    generator: torch.Generator | None,
+    done_epochs: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch as the config augments it, in this order: pen-width copies swapped in (restroke), affine
+    warp (+ elastic), stroke thickening, degradations, progressive resizing. The one chain the loop runs (and
+    bench/profile_train.py times)."""
+    c = config
+    x, y = swap_in(x, y, pens, c.restroke, generator)
+    x = random_affine(x, c.rotate, c.zoom, c.translate, generator, c.elastic, c.elastic_sigma)
+    x = thicken_strokes(x, c.thicken, generator, c.thicken_reach)
+    x = corruption_augment(x, c.corrupt, c.corrupt_ops, generator)
+    return resize_for_epoch(x, c.image_sizes, done_epochs), y

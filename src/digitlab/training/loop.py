@@ -34,7 +34,7 @@ from digitlab.core.rundir import RunDir, save_weights
 from digitlab.data.datasets import Dataset, Split, load_dataset, split_data
 from digitlab.model.forward import device_description, load_model, pick_device, predict_logits, to_tensor
 from digitlab.model.networks import build_model, count_params
-from digitlab.training.augment import random_affine, resize_for_epoch, thicken_strokes
+from digitlab.training.augment import augment_batch
 from digitlab.training.checkpointing import (
     TrainState,
     load_last,
@@ -46,9 +46,8 @@ from digitlab.training.checkpointing import (
     write_history,
 )
 from digitlab.training.distributed import Dist, init_distributed, shutdown
-from digitlab.training.noise_augment import corruption_augment
 from digitlab.training.optim import ema_update, make_optimizer, make_scheduler, precision_choice, seed_everything
-from digitlab.training.restroke import pen_pool, swap_in
+from digitlab.training.restroke import pen_pool
 from digitlab.training.stopping import Interrupted, StopRequest, stop_on_signals
 
 __all__ = ["Finished", "Interrupted", "Reporter", "TrainResult", "run_training"]
@@ -292,13 +291,9 @@ def _epoch(s: _Session, epoch: int) -> None:
 
 def _batch(s: _Session) -> tuple[torch.Tensor, torch.Tensor]:
     """The next training batch (images, labels), augmented as the config says."""
-    c, state = s.config, s.state
+    state = s.state
     idx = state.perm[state.step * s.batch : (state.step + 1) * s.batch].to(s.device)
-    x, y = swap_in(s.x_all[idx], s.y_all[idx], s.pens, c.restroke, s.aug_gen)
-    x = random_affine(x, c.rotate, c.zoom, c.translate, s.aug_gen, c.elastic, c.elastic_sigma)
-    x = thicken_strokes(x, c.thicken, s.aug_gen, c.thicken_reach)
-    x = corruption_augment(x, c.corrupt, c.corrupt_ops, s.aug_gen)
-    x = resize_for_epoch(x, c.image_sizes, state.epoch)
+    x, y = augment_batch(s.x_all[idx], s.y_all[idx], s.config, s.pens, s.aug_gen, state.epoch)
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
