@@ -64,16 +64,6 @@ def recipe(preset: str, seed: int, sets: list[str], run: Path, env: dict[str, st
             "precision": m.get("precision"), "recipe": m.get("recipe"), "cpu": m.get("cpu")}  # fmt: skip
 
 
-def cpu_family_model() -> str:
-    """'family F model M' from /proc/cpuinfo: cloud CPUs often name themselves only 'AMD EPYC'."""
-    try:
-        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-        info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first)}
-        return f"family {info['cpu family']} model {info['model']}"
-    except (OSError, KeyError):
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="fast")
@@ -102,7 +92,7 @@ def main() -> None:
                   f"{around:.1f} s -> ratio {pairs[-1]['ratio']:.2f}", flush=True)  # fmt: skip
     summary = {
         "preset": args.preset, "set": args.set, "isa_cap": args.isa, "cpu": cpu.describe(),
-        "cpu_family_model": cpu_family_model(),
+        "cpu_family_model": cpu.family_model or "unknown",
         "command": "python bench/vs_reference.py " + " ".join(sys.argv[1:]),
         "test_accuracy_mean": statistics.mean(p["test_accuracy"] for p in pairs),
         "train_seconds_mean": statistics.mean(p["train_seconds"] for p in pairs),

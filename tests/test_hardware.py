@@ -30,9 +30,12 @@ def test_isa_names():
 
 def test_cpu_info_reads_proc_cpuinfo(tmp_path):
     fake = tmp_path / "cpuinfo"
-    fake.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx2 fma bmi2\n\n")
+    fake.write_text(
+        "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7B13\n"
+        "flags\t\t: fpu sse2 avx2 fma bmi2\n\n"
+    )
     info = cpu_info(fake)
-    assert info.model == "AMD EPYC 7B13" and info.flags == {"avx2", "fma"}
+    assert info.model == "AMD EPYC 7B13" and info.flags == {"avx2", "fma"} and info.family_model == "family 25 model 1"
     assert cpu_info(tmp_path / "missing").flags == frozenset()
 
 

@@ -21,6 +21,7 @@ ISA_CAPS = {
 class CpuInfo:
     model: str
     flags: frozenset[str]
+    family_model: str = ""  # "family 26 model 2" (x86 Linux): cloud CPUs often name themselves only "AMD EPYC"
 
     @property
     def isa(self) -> str:
@@ -50,9 +51,12 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo"), isa_cap: str | None = None) 
     Flags above `isa_cap` (default: the ONEDNN_MAX_CPU_ISA environment variable, e.g. "AVX2") are dropped:
     PyTorch will not use them, so neither may the precision choice."""
     model, flags = platform.processor() or platform.machine(), frozenset()
+    ids: dict[str, str] = {}
     try:
         for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
+            if key.strip() in ("cpu family", "model"):
+                ids[key.strip()] = value.strip()
             if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
                 model = value.strip()
             elif key.strip() == "flags":
@@ -63,7 +67,8 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo"), isa_cap: str | None = None) 
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") if isa_cap is None else isa_cap) or ""
     if cap.upper() in ISA_CAPS:
         flags &= frozenset(ISA_CAPS[cap.upper()])
-    return CpuInfo(model, flags)
+    family_model = f"family {ids['cpu family']} model {ids['model']}" if len(ids) == 2 else ""
+    return CpuInfo(model, flags, family_model)
 
 
 @dataclass(frozen=True)
