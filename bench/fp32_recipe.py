@@ -52,6 +52,8 @@ ACCURATE: dict[str, tuple[str, list[str]]] = {
                           ['model_args={"widths": [16, 32, 64]}', "batch_size=128"]),
     "width-24-8x128": ("24/48/96, 8 epochs at batch 128, EMA",
                        ['model_args={"widths": [24, 48, 96]}', "batch_size=128", "epochs=8"]),
+    "fast-width-18x128": ("16/32/64, 18 epochs at batch 128, EMA",
+                          ['model_args={"widths": [16, 32, 64]}', "batch_size=128", "epochs=18"]),
 }  # fmt: skip
 CANDIDATES = {"fast": FAST, "accurate": ACCURATE}
 
@@ -87,18 +89,21 @@ def main() -> None:
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA=args.isa) if args.isa else dict(os.environ)
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     rows = {r["name"]: r for r in old.get("candidates", [])}
+    cpu = cpu_info(isa_cap=args.isa)
+    machine = f"{cpu.describe()}, {cpu.family_model or 'unknown'}"  # one results file may hold several machines
     for name in args.only or candidates:
         what, sets = candidates[name]
         seeds = dict(rows.get(name, {}).get("seeds", {}))
         for seed in args.seeds:
             m = run_one(args.preset, sets, seed, args.runs / f"{args.preset}-{name}-s{seed}", env)
-            seeds[str(seed)] = {"val_accuracy": m["val"]["accuracy"], "train_seconds": m["train_seconds"]}
+            seeds[str(seed)] = {"val_accuracy": m["val"]["accuracy"], "train_seconds": m["train_seconds"],
+                                "cpu": machine, "isa_cap": args.isa or None}  # fmt: skip
             print(f"{name} seed {seed}: val {m['val']['accuracy']:.2%}, {m['train_seconds']:.1f} s", flush=True)
         both = [seeds[str(s)] for s in (0, 1) if str(s) in seeds]  # the seeds every candidate has
         rows[name] = {"name": name, "what": what, "set": sets, "seeds": seeds,
                       "val_accuracy_mean_seeds_0_1": statistics.mean(r["val_accuracy"] for r in both) if both else None,
                       "train_seconds_mean": statistics.mean(r["train_seconds"] for r in seeds.values())}  # fmt: skip
-    out = {"preset": args.preset, "cpu": cpu_info(isa_cap=args.isa).describe(), "isa_cap": args.isa or None,
+    out = {"preset": args.preset, "cpu": machine, "isa_cap": args.isa or None,
            "command": "python bench/fp32_recipe.py " + " ".join(sys.argv[1:]),
            "candidates": [rows[n] for n in candidates if n in rows]}  # fmt: skip
     args.out.write_text(json.dumps(out, indent=2) + "\n")
