@@ -187,6 +187,19 @@ def _glyphs(fonts: Sequence[tuple[str, Path, str]]) -> list[tuple[str, list[np.n
     return out
 
 
+def _pen_params(rng: np.random.Generator, pen: tuple[float, float]) -> dict[str, float]:
+    """A drawing's size, aspect, slant and pen (a share of the height drawn from `pen`), in this draw order."""
+    return {"height": rng.uniform(110, 250), "aspect": rng.uniform(0.9, 1.1), "angle": rng.uniform(-12, 12),
+            "pen_frac": rng.uniform(*pen)}  # fmt: skip
+
+
+def _on_canvas(source: np.ndarray, p: dict[str, float], mode: str, rng: np.random.Generator) -> np.ndarray:
+    """`source` re-drawn as `p` says, placed on a 280x280 canvas and exported in canvas `mode`; adds p["pen"]."""
+    p["pen"] = max(2.0, p["pen_frac"] * p["height"])
+    cov = redraw(source, p["height"], p["aspect"], p["angle"], p["pen"])
+    return export_canvas(place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode)
+
+
 def pen_set(split: Split, n: int = 1000, seed: int = 11, fonts: Sequence[tuple[str, Path, str]] = ()) -> RealWorldSet:
     """`n` digits re-drawn with a thin or a thick pen on a 280x280 canvas: MNIST digits of `split`, and every
     other image a glyph of one of `fonts` (handwriting fonts) when given. Kinds "<thin|thick>/<mode>"."""
@@ -196,18 +209,15 @@ def pen_set(split: Split, n: int = 1000, seed: int = 11, fonts: Sequence[tuple[s
     for i, j in enumerate(idx):
         rng = item_rng(seed, i)
         thick = bool(i % 4 >= 2)
-        p = {"height": rng.uniform(110, 250), "aspect": rng.uniform(0.9, 1.1), "angle": rng.uniform(-12, 12),
-             "pen_frac": rng.uniform(*(THICK_PEN if thick else THIN_PEN))}  # fmt: skip
+        p = _pen_params(rng, THICK_PEN if thick else THIN_PEN)
         if glyphs and i % 2:
             font, digits = glyphs[int(rng.integers(len(glyphs)))]
             label = int(rng.integers(10))
             source, origin = digits[label], f"font:{font}"
         else:
             label, source, origin = int(split.labels[j]), split.images[j], f"mnist-test:{j}"
-        p["pen"] = max(2.0, p["pen_frac"] * p["height"])
         mode = CANVAS_MODES[(i // 4) % len(CANVAS_MODES)]
-        cov = redraw(source, p["height"], p["aspect"], p["angle"], p["pen"])
-        images.append(export_canvas(place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode))
+        images.append(_on_canvas(source, p, mode, rng))
         labels.append(label)
         kinds.append(f"{'thick' if thick else 'thin'}/{mode}")
         origins.append(origin)
@@ -226,14 +236,11 @@ def thick_font_set(
     images, labels, kinds, origins, rows = [], [], [], [], []
     for i in range(n):
         rng = item_rng(seed, i)
-        p = {"height": rng.uniform(110, 250), "aspect": rng.uniform(0.9, 1.1), "angle": rng.uniform(-12, 12),
-             "pen_frac": rng.uniform(*pen)}  # fmt: skip
+        p = _pen_params(rng, pen)
         font, digits = glyphs[int(rng.integers(len(glyphs)))]
         label = int(rng.integers(10))
-        p["pen"] = max(2.0, p["pen_frac"] * p["height"])
         mode = CANVAS_MODES[i % len(CANVAS_MODES)]
-        cov = redraw(digits[label], p["height"], p["aspect"], p["angle"], p["pen"])
-        images.append(export_canvas(place(cov, (CANVAS_SIDE, CANVAS_SIDE), rng), mode))
+        images.append(_on_canvas(digits[label], p, mode, rng))
         labels.append(label)
         kinds.append(f"{'fat' if p['pen_frac'] > 0.16 else 'mid'}/{mode}")
         origins.append(f"font:{font}")
