@@ -203,6 +203,7 @@ def main() -> None:
         "per_user": per_user, "style": {"pen": PEN, "aspect": ASPECT, "slant": SLANT},
         "finetune": {"command": f"digitlab finetune RUN --feedback URL --out NEW {args.finetune_args}".strip(),
                      "seconds": round(seconds, 1), "train_seconds": f["training"]["seconds"],
+                     "phases": f.get("phases"),
                      "options": f["options"], "split": f["split"], "held_out": f["compare"]["feedback_held_out"]},
         "test_users": result["test"], "validation_users": result["validation"], "mnist_val": result["mnist_val"],
         "mnist_test": {"n": mnist["n"], "before": mnist["before"], "after": mnist["after"]},

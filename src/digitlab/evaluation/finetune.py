@@ -129,8 +129,14 @@ def finetune_run(run: str | Path, out: str | Path, ft: FinetuneConfig | None = N
     """Fine-tune RUN on the feedback into the new run directory `out` (see the module docstring); the metrics."""
     ft = ft or FinetuneConfig()
     ft.check()
-    say = progress or (lambda msg: None)
     started = time.perf_counter()
+    timeline: list[tuple[str, float]] = []  # (phase, when it began): metrics.json["finetune"]["phases"]
+
+    def say(msg: str) -> None:
+        timeline.append((msg, time.perf_counter()))
+        if progress is not None:
+            progress(msg)
+
     parent = RunDir(Path(run)).require()
     target = Path(out)
     if target.exists() or target.is_symlink():
@@ -149,12 +155,20 @@ def finetune_run(run: str | Path, out: str | Path, ft: FinetuneConfig | None = N
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         metrics = _build(parent, RunDir(tmp), config, ft, fb, train_idx, held_idx, say, dataset)
+        metrics["finetune"]["phases"] = _phases(timeline, time.perf_counter())
+        RunDir(tmp).write_json(RunDir(tmp).metrics, metrics)
         if target.exists():
             raise RunDirError(f"{target} appeared while fine-tuning; the new run is left out")
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return FinetuneResult(RunDir(target), metrics, time.perf_counter() - started)
+
+
+def _phases(timeline: list[tuple[str, float]], end: float) -> dict[str, float]:
+    """Seconds each phase took: from its progress message to the next one (the last one to `end`)."""
+    ends = [t for _, t in timeline[1:]] + [end]
+    return {msg: round(stop - t, 2) for (msg, t), stop in zip(timeline, ends, strict=True)}
 
 
 def _build(parent: RunDir, rd: RunDir, config: Any, ft: FinetuneConfig, fb: Feedback, train_idx: np.ndarray,
