@@ -5,7 +5,7 @@
 Each combination trains the `fast` preset for `--epochs` epochs on the full training set (the test set is not
 read) and reports the last epoch's training images/s — after the first epoch, so torch.compile's compile time
 and allocator warm-up are excluded — and the first epoch's extra seconds (compile time, mostly). `precision`
-"auto" is bf16 autocast on CPUs with native bf16 and fp16 AMP on CUDA. On a CUDA machine this is the issue's
+"auto" is bf16 autocast on CPUs with native bf16 and fp16 AMP on CUDA. On a CUDA machine this is the
 "AMP, channels_last, torch.compile where it pays" measurement; on CPU it checks the defaults `fast` uses.
 """
 
