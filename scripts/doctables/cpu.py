@@ -89,7 +89,8 @@ def profile() -> str:
             f"{pct(r['share_of_ceiling'], 0)} of {r['conv_ceiling_gflops']:.0f} (1×1 conv)"
         )
         ops = ", ".join(f"{o['name'].removeprefix('aten::')} {pct(o['self_share'], 0)}" for o in r["top_operators"][:6])
-        rows.append([run, f"{r['cpu']}; {precision}", f"{r['images_per_second']:,}", phases, gflops, ops])
+        cap = f", oneDNN capped at {r['isa_cap']}" if r.get("isa_cap") else ""
+        rows.append([run, f"{r['cpu']}{cap}; {precision}", f"{r['images_per_second']:,}", phases, gflops, ops])
     header = [
         "run",
         "CPU; precision",
