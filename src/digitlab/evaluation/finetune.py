@@ -130,7 +130,7 @@ def finetune_run(run: str | Path, out: str | Path, ft: FinetuneConfig | None = N
     ft = ft or FinetuneConfig()
     ft.check()
     started = time.perf_counter()
-    timeline: list[tuple[str, float]] = []  # (phase, when it began): metrics.json["finetune"]["phases"]
+    timeline: list[tuple[str, float]] = []  # (phase, when it began) -> metrics.json["finetune"]["phases"]
 
     def say(msg: str) -> None:
         timeline.append((msg, time.perf_counter()))
