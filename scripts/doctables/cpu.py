@@ -29,8 +29,7 @@ def vs_reference() -> str:
         accs = pcts(p["test_accuracy"] for p in r["pairs"])
         ratios = ", ".join(f"{p['ratio']:.2f}" for p in r["pairs"])
         reference = f"{r['reference_seconds_mean']:.1f} s ({pct(r['reference_test_accuracy_mean'])})"
-        cap = f", oneDNN capped at {r['isa_cap']}" if r.get("isa_cap") else ""
-        machine = f"{r['cpu']}, {r.get('cpu_family_model') or 'family/model not recorded'}{cap}"
+        machine = f"{r['cpu']}, {r.get('cpu_family_model') or 'family/model not recorded'}{_cap(r)}"
         rows.append([f"`{recipe}`", f"{machine}; {precision}",
                      f"**{pct(r['test_accuracy_mean'])}** ({accs})", f"{r['train_seconds_mean']:.1f} s", reference,
                      f"**{r['ratio_mean']:.2f}×** ({ratios})", TARGETS.get((preset, fp32), ""),
@@ -60,9 +59,13 @@ def candidates(preset: str) -> str:
     return table(header, ["---", "---", "---:", "---:", "---"], rows)
 
 
+def _cap(r: dict[str, Any], words: str = "oneDNN capped at") -> str:
+    """ ", oneDNN capped at AVX2" where a run capped oneDNN's instruction set, else ""."""
+    return f", {words} {r['isa_cap']}" if r.get("isa_cap") else ""
+
+
 def _machine(seed: dict[str, Any]) -> str:
-    cap = f", capped at {seed['isa_cap']}" if seed.get("isa_cap") else ""
-    return f"{seed['cpu'].replace(' (fp32 only)', '')}{cap}"
+    return f"{seed['cpu'].replace(' (fp32 only)', '')}{_cap(seed, 'capped at')}"
 
 
 def fast_candidates() -> str:
@@ -89,8 +92,7 @@ def profile() -> str:
             f"{pct(r['share_of_ceiling'], 0)} of {r['conv_ceiling_gflops']:.0f} (1×1 conv)"
         )
         ops = ", ".join(f"{o['name'].removeprefix('aten::')} {pct(o['self_share'], 0)}" for o in r["top_operators"][:6])
-        cap = f", oneDNN capped at {r['isa_cap']}" if r.get("isa_cap") else ""
-        rows.append([run, f"{r['cpu']}{cap}; {precision}", f"{r['images_per_second']:,}", phases, gflops, ops])
+        rows.append([run, f"{r['cpu']}{_cap(r)}; {precision}", f"{r['images_per_second']:,}", phases, gflops, ops])
     header = [
         "run",
         "CPU; precision",
