@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from digitlab.data.letters import DEJAVU, render_letters, training_fonts
 from digitlab.evaluation.calibrate import calibrate_run, ece, fit_ood
-from digitlab.evaluation.ood_sets import render_letters
 from digitlab.model.scoring import INK_PENALTY, OodRule, fit_temperature, ink_fraction, logit_score, nll
 
 CAL_KEYS = {"temperature", "nll_before", "nll_after", "ece_before", "ece_after", "ood"}
@@ -86,13 +86,18 @@ def test_fit_ood_keeps_the_target_share_of_digits_and_rejects_noise():
 
 
 def test_rendered_letters_are_mnist_framed():
-    letters = render_letters(12, seed=3)
+    letters = render_letters(12, seed=3, fonts=[DEJAVU / "DejaVuSans.ttf"])
     assert letters.shape == (12, 28, 28) and letters.dtype == np.uint8
     assert (letters.reshape(12, -1).max(1) == 255).all()  # stretched like MNIST digits
     for letter in letters:  # fitted into the 20x20 box, like MNIST digits
         ys, xs = np.nonzero(letter)
         assert max(np.ptp(ys), np.ptp(xs)) + 1 in (19, 20, 21)
-    assert np.array_equal(letters, render_letters(12, seed=3))
+    assert np.array_equal(letters, render_letters(12, seed=3, fonts=[DEJAVU / "DejaVuSans.ttf"]))
+
+
+def test_training_letters_come_from_other_fonts_than_the_refusal_sets():
+    fonts = training_fonts()
+    assert len(fonts) >= 10 and not any("dejavu" in str(f).lower() for f in fonts)
 
 
 def test_training_writes_calibration_json(tiny_run):

@@ -50,6 +50,8 @@ class TrainConfig:
     thicken_reach: float = 1.0  # the most a fattened stroke grows, in pixels each side (2 closes small loops)
     corrupt: float = 0.0  # augmentation: share of images given one degradation from `corrupt_ops` (0: off)
     corrupt_ops: list[str] = field(default_factory=lambda: list(CORRUPT_OPS))  # names in noise_augment.OPS
+    outliers: float = 0.0  # outlier exposure: letters appended per batch, as a share of its digits (0: off)
+    outlier_weight: float = 0.5  # weight of the outliers' loss towards a uniform softmax (Hendrycks et al.: 0.5)
     image_sizes: list[int] = field(default_factory=list)  # progressive resizing: the side each epoch trains at
     # (epoch i uses entry i, the last entry repeats; evaluation is always at the data's own side); []: off
     ema: float | None = None  # decay of an exponential moving average of the weights, per step; None: off

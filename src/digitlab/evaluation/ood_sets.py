@@ -8,11 +8,11 @@ Fashion-MNIST installed, filled textured shapes stand in for it.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
 from digitlab.core.errors import DataError
+from digitlab.data.letters import DEJAVU, render_letters
 
 # Out-of-distribution sets: sizes while training finishes (seconds count) and for `digitlab calibrate`.
 # "digits": images per digit source (`refusal.digit_sources`; None: all).
@@ -22,44 +22,10 @@ QUICK_SIZES = {"fashion_mnist": 500, "noise": 100, "letters": 100, "digits": 200
 FULL_SIZES = {"fashion_mnist": 5000, "noise": 500, "letters": 500, "digits": None}
 
 
-# Letters whose glyphs are not also a digit's shape (no O/o, I/l, S/s, Z/z, B, G, b, g, q, D ...).
-LETTERS = "ACEFHKLMNPRUVWXYacefhkmnprtuvwxy"
-
-
-FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
-
-
 FIT_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf")
 
 
 TEST_FONTS = ("DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf", "DejaVuSans-ExtraLight.ttf")
-
-
-def _font(name: str, size: int):
-    from PIL import ImageFont
-
-    path = FONT_DIR / name
-    if path.is_file():
-        return ImageFont.truetype(str(path), size)
-    return ImageFont.load_default(size=size)  # Pillow's bundled font: the fonts package is not installed
-
-
-def render_letters(n: int, seed: int = 0, fonts: tuple[str, ...] = FIT_FONTS) -> np.ndarray:
-    """`n` letters rendered from a font, rotated a little and framed like MNIST digits: uint8 (n, 28, 28)."""
-    from PIL import Image, ImageDraw
-
-    from digitlab.data.preprocess import preprocess_array
-
-    rng = np.random.default_rng(seed)
-    out = np.zeros((n, 28, 28), np.uint8)
-    for i in range(n):
-        font = _font(fonts[int(rng.integers(len(fonts)))], int(rng.integers(40, 72)))
-        im = Image.new("L", (96, 96), 0)
-        ImageDraw.Draw(im).text((48, 48), LETTERS[int(rng.integers(len(LETTERS)))], fill=255, font=font,
-                                anchor="mm")  # fmt: skip
-        im = im.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR)
-        out[i] = preprocess_array(np.asarray(im)).image
-    return out
 
 
 def _shapes(n: int, seed: int) -> np.ndarray:
@@ -112,8 +78,9 @@ def ood_images(split: str = "fit", sizes: tuple[tuple[str, int], ...] = tuple(QU
         parts.append(f"{want['noise']:,} uniform-noise images")
     if want.get("letters"):
         fonts = FIT_FONTS if split == "fit" else TEST_FONTS
-        sets["letters"] = render_letters(want["letters"], seed + (1 if split == "fit" else 1001), fonts)
-        fonts_used = ", ".join(f.removesuffix(".ttf") for f in fonts) if (FONT_DIR / fonts[0]).is_file() else "PIL"
+        sets["letters"] = render_letters(want["letters"], seed + (1 if split == "fit" else 1001),
+                                         [DEJAVU / f for f in fonts])  # fmt: skip
+        fonts_used = ", ".join(f.removesuffix(".ttf") for f in fonts) if (DEJAVU / fonts[0]).is_file() else "PIL"
         parts.append(f"{want['letters']:,} letters ({fonts_used})")
     for a in sets.values():
         a.setflags(write=False)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from digitlab.core.config import TrainConfig
 from digitlab.training.noise_augment import corruption_augment
+from digitlab.training.outliers import add_outliers
 from digitlab.training.restroke import swap_in
 
 
@@ -145,12 +146,14 @@ def augment_batch(
     pens: tuple[torch.Tensor, torch.Tensor] | None,
     generator: torch.Generator | None,
     done_epochs: int,
+    outliers: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch as the config augments it, in this order: pen-width copies swapped in (restroke), affine
-    warp (+ elastic), stroke thickening, degradations, progressive resizing. The one chain the loop runs (and
-    bench/profile_train.py times)."""
+    """A training batch as the config augments it, in this order: pen-width copies swapped in (restroke), letters
+    appended (outlier exposure), affine warp (+ elastic), stroke thickening, degradations, progressive resizing.
+    The one chain the loop runs (and bench/profile_train.py times)."""
     c = config
     x, y = swap_in(x, y, pens, c.restroke, generator)
+    x, y = add_outliers(x, y, outliers, c.outliers, generator)
     x = random_affine(x, c.rotate, c.zoom, c.translate, generator, c.elastic, c.elastic_sigma)
     x = thicken_strokes(x, c.thicken, generator, c.thicken_reach)
     x = corruption_augment(x, c.corrupt, c.corrupt_ops, generator)

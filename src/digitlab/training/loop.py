@@ -47,6 +47,7 @@ from digitlab.training.checkpointing import (
 )
 from digitlab.training.distributed import Dist, init_distributed, shutdown
 from digitlab.training.optim import ema_update, make_optimizer, make_scheduler, precision_choice, seed_everything
+from digitlab.training.outliers import OUTLIER, POOL, exposure_loss, letter_pool
 from digitlab.training.restroke import pen_pool
 from digitlab.training.stopping import Interrupted, StopRequest, stop_on_signals
 
@@ -179,6 +180,7 @@ class _Session:
     hardware: dict[str, str]  # the CPU and the precision, said once and kept in metrics.json
     state: TrainState = field(default_factory=TrainState)
     pens: tuple[torch.Tensor, torch.Tensor] | None = None  # the `restroke` pool (images, labels); None when off
+    letters: torch.Tensor | None = None  # the `outliers` pool (outlier exposure); None when off
 
     @property
     def final(self) -> nn.Module:
@@ -228,6 +230,7 @@ def _start(config: TrainConfig, rd: RunDir, dd: Dist, device: torch.device, resu
     t_pool = time.perf_counter()  # the pen-width copies are part of the recipe's cost: timed with training
     s.pens = pen_pool(train_split.images, train_split.labels, config.restroke, config.seed, reporter is not None,
                       device)  # fmt: skip
+    s.letters = letter_pool(config.outliers, config.seed, device, min(POOL, len(train_split)))
     s.state.train_seconds += time.perf_counter() - t_pool
     return s
 
@@ -293,7 +296,7 @@ def _batch(s: _Session) -> tuple[torch.Tensor, torch.Tensor]:
     """The next training batch (images, labels), augmented as the config says."""
     state = s.state
     idx = state.perm[state.step * s.batch : (state.step + 1) * s.batch].to(s.device)
-    x, y = augment_batch(s.x_all[idx], s.y_all[idx], s.config, s.pens, s.aug_gen, state.epoch)
+    x, y = augment_batch(s.x_all[idx], s.y_all[idx], s.config, s.pens, s.aug_gen, state.epoch, s.letters)
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
@@ -304,7 +307,7 @@ def _step(s: _Session) -> None:
     x, y = _batch(s)
     with torch.autocast(s.device.type, dtype=s.amp_dtype, enabled=s.amp_dtype is not None):
         logits = s.net(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=s.config.label_smoothing)
+        loss = exposure_loss(logits.float(), y, s.config.label_smoothing, s.config.outlier_weight)
     s.opt.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
     s.scaler.step(s.opt)
@@ -316,12 +319,13 @@ def _step(s: _Session) -> None:
     state = s.state
     state.step += 1
     batch_loss = loss.item()
-    correct = (logits.argmax(1) == y).sum().item()
-    state.epoch_loss += batch_loss * len(y)
+    correct = (logits.argmax(1) == y).sum().item()  # outliers (label OUTLIER) never count as correct
+    seen = int((y != OUTLIER).sum().item())
+    state.epoch_loss += batch_loss * seen
     state.epoch_correct += correct
-    state.epoch_seen += len(y)
+    state.epoch_seen += seen
     if s.reporter:
-        s.reporter.step(batch_loss, correct / len(y), s.opt.param_groups[0]["lr"])
+        s.reporter.step(batch_loss, correct / seen, s.opt.param_groups[0]["lr"])
 
 
 def _epoch_row(s: _Session, epoch: int) -> dict[str, Any]:
