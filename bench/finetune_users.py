@@ -40,7 +40,7 @@ from digitlab.data.drawing import CANVAS_SIDE, export_canvas, place, redraw
 from digitlab.data.realworld import CANVAS_MODES, load_realworld
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "src" / "digitlab" / "pretrained" / "fast"
+BUNDLED = REPO / "src" / "digitlab" / "pretrained" / "default"
 PEN = (0.18, 0.26)  # pen width / digit height
 ASPECT = (0.6, 0.85)  # width / MNIST's
 SLANT = (0.25, 0.5)  # horizontal shear of the digit, either way

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-import digitlab
+from digitlab.core.rundir import BUNDLED
 from digitlab.data.datasets import load_dataset
 from digitlab.data.preprocess import preprocess
 from digitlab.inference.predict import BACKENDS, Predictor
@@ -76,7 +76,7 @@ def throughput(fn: Callable[[np.ndarray], object], images: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", nargs="?", type=Path, default=Path(digitlab.__file__).parent / "pretrained" / "fast")
+    parser.add_argument("run", nargs="?", type=Path, default=BUNDLED)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--tta", nargs="+", default=["off", "on"], choices=["off", "on"])

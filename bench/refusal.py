@@ -1,7 +1,7 @@
 """What a user gets from a run on every digit source: refused (empty / not a digit), accuracy on answered, read.
 
     PYTHONPATH=src python bench/refusal.py --label after                   # this checkout's bundled model
-    PYTHONPATH=/other/src python bench/refusal.py --label before --run /other/src/digitlab/pretrained/fast
+    PYTHONPATH=/other/src python bench/refusal.py --label before --run /other/src/digitlab/pretrained/default
 
 Scores the reported real-world sets in data/realworld/ (MNIST *test* digits and fonts: canvas, photo, fonts,
 lowres, pen, page) and 2,000 MNIST test digits through `Predictor.predict` (the path `digitlab predict` and the
@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from digitlab.core.rundir import BUNDLED
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("canvas", "photo", "fonts", "lowres", "pen", "page")
@@ -82,13 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "realworld-refusal.json")
     args = ap.parse_args(argv)
 
-    import digitlab
     from digitlab.data.datasets import load_dataset
     from digitlab.data.realworld import load_realworld
     from digitlab.evaluation.ood_sets import ood_images
     from digitlab.inference.predict import Predictor
 
-    run = args.run or Path(digitlab.__file__).parent / "pretrained" / "fast"
+    run = args.run or BUNDLED
     predictor = Predictor.from_run(run, tta=False, threads=1)
     t0 = time.perf_counter()
     sources, framed = {}, []

@@ -1,6 +1,6 @@
 """Corruption robustness of a run: MNIST-C's 15 corruptions, raw 28x28 and through digitlab's pipeline.
 
-    cp -r src/digitlab/pretrained/fast /tmp/fast    # the suite writes into the run directory
+    cp -r src/digitlab/pretrained/default /tmp/fast    # the suite writes into the run directory
     python bench/robustness.py /tmp/fast --name fast                 # the official test set: the reported figure
     python bench/robustness.py runs/x --split val --name x-val       # the run's validation split: choose recipes
 

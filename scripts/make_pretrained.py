@@ -1,4 +1,4 @@
-"""Build the model bundled inside the package (src/digitlab/pretrained/fast) from a `robust` run.
+"""Build the model bundled inside the package (src/digitlab/pretrained/default) from a `robust` run.
 
     python scripts/make_pretrained.py                      # train `digitlab train --preset robust --seed 0`, bundle
     python scripts/make_pretrained.py --run runs/robust-0  # bundle an existing run
@@ -15,11 +15,11 @@ import shutil
 from pathlib import Path
 
 from digitlab.core.config import get_preset
+from digitlab.core.rundir import BUNDLED as BUNDLE
 from digitlab.core.rundir import RunDir
 from digitlab.evaluation.pipeline import train
 from digitlab.inference.export import export_onnx
 
-BUNDLE = Path(__file__).resolve().parents[1] / "src" / "digitlab" / "pretrained" / "fast"
 KEEP = ["config.json", "metrics.json", "calibration.json", "history.csv", "report.md", "model.onnx",
         "model.int8.onnx", "checkpoint/best.pt", "plots"]  # fmt: skip
 

@@ -46,7 +46,7 @@ from digitlab.data.synth import canvas_set, lowres_set, page_set, pen_set, photo
 from digitlab.evaluation.refusal import TUNE_SETS
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "src" / "digitlab" / "pretrained" / "fast"
+BUNDLE = REPO / "src" / "digitlab" / "pretrained" / "default"
 SIZES = {"canvas": 2000, "photo": 1000, "lowres": 800, "pen": 500, "page": 400,
          "canvas-tune": 300, "photo-tune": 200, "lowres-tune": 800, "pen-tune": 500, "page-tune": 400}  # fmt: skip
 TUNE_SEED = 100  # added to the base seed for the -tune sets

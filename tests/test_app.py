@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import digitlab
 from conftest import REPO, run_cli
+from digitlab.core.rundir import BUNDLED
 from digitlab.serving import demo as app
 from digitlab.serving.demo_drawing import CANVAS_PX, STROKE_DEFAULT, canvas_to_gray, drawing_to_gray
 from digitlab.serving.demo_views import (
@@ -436,7 +436,7 @@ DIGIT_JS = "d => { const e = document.querySelector('.dl-digit'); return e !== n
 def good_run(tmp_path_factory, mnist) -> Path:
     """A model good enough to read drawn digits: the bundled one if present, else a small one trained here
     (~30 s on 2 cores, ~99% on the first 500 test images)."""
-    bundled = Path(digitlab.__file__).parent / "pretrained" / "fast"
+    bundled = BUNDLED
     if (bundled / "checkpoint" / "best.pt").is_file():
         return bundled
     from digitlab.core.config import get_preset

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import digitlab
+from digitlab.core.rundir import BUNDLED
 from digitlab.data import lowres
 from digitlab.data.datasets import stratified_split
 from digitlab.data.preprocess import preprocess
 from digitlab.data.synth import _scan
 from digitlab.inference.predict import Predictor
 
-BUNDLE = Path(digitlab.__file__).parent / "pretrained" / "fast"
+BUNDLE = BUNDLED
 
 
 @pytest.fixture(scope="module")

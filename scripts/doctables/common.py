@@ -10,7 +10,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
-BUNDLE = REPO / "src" / "digitlab" / "pretrained" / "fast"  # the bundled run
+BUNDLE = REPO / "src" / "digitlab" / "pretrained" / "default"  # the bundled run (core.rundir.BUNDLED)
 
 # --------------------------------------------------------------------------------------------- formatting
 

@@ -137,11 +137,11 @@ def save_weights(path: Path, model: nn.Module, config: TrainConfig, **extra: Any
                            "config": json.loads(config.to_json()), **extra})  # fmt: skip
 
 
-def default_run() -> Path:
-    """The run used when none is given: the model bundled with the package (digitlab/pretrained/fast)."""
-    import digitlab
+BUNDLED = Path(__file__).resolve().parents[1] / "pretrained" / "default"  # the model shipped in the package
 
-    bundled = Path(digitlab.__file__).parent / "pretrained" / "fast"
-    if bundled.is_dir():
-        return bundled
+
+def default_run() -> Path:
+    """The run used when none is given: the model bundled with the package (BUNDLED)."""
+    if BUNDLED.is_dir():
+        return BUNDLED
     raise RunDirError("no run given and no bundled model: give a run directory first (see `digitlab train`)")
