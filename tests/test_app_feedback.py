@@ -158,7 +158,7 @@ def test_apptest_wrong_its_a_7_stores_a_row_after_opting_in(page, mnist):
     with FeedbackStore.open(url, create=False) as store:
         [row] = store.rows()
     drawn = base64.b64decode(state["drawing"]["data"].split(",", 1)[1])
-    assert (row.label, row.source, row.model, row.session) == (7, "demo", "fast", at.session_state[SESSION])
+    assert (row.label, row.source, row.model, row.session) == (7, "demo", "default", at.session_state[SESSION])
     assert row.image == drawn and row.media_type == "image/png"  # the canvas's PNG as it sent it
     assert row.predicted == 7 and row.status == "ok" and len(row.probabilities) == 10
 
