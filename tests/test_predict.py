@@ -187,9 +187,9 @@ def test_run_is_optional_once_a_model_is_bundled(run, monkeypatch):
 
     assert cli._run_and_inputs([str(run), "a.png"]) == (run, ["a.png"])
     assert cli._run_and_inputs(["a.png"])[0] == cli.default_run()  # the model bundled in the package
-    import digitlab
+    from digitlab.core import rundir
 
-    monkeypatch.setattr(digitlab, "__file__", str(run.parent / "no-package" / "__init__.py"))
+    monkeypatch.setattr(rundir, "BUNDLED", run.parent / "no-package" / "pretrained" / "default")
     with pytest.raises(RunDirError, match="no bundled model"):
         cli._run_and_inputs(["a.png", "b.png"])
     with pytest.raises(RunDirError, match="not a run directory"):
