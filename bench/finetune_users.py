@@ -139,12 +139,20 @@ def score(run: Path, rows: list[dict]) -> dict[str, float]:
             "refused": float(np.mean([p.status != "ok" for p in served]))}  # fmt: skip
 
 
-def mnist_val(run: Path, ds: object) -> float:
+def mnist_val(run: Path, new: Path, ds: object) -> dict[str, float | int]:
+    """RUN and NEW on RUN's validation split: accuracies, and the digits NEW lost (RUN right, NEW wrong) and
+    gained: forgetting shows in "lost" before it shows in the accuracy."""
+    from scipy.special import log_softmax
+
     from digitlab.model.forward import load_model, predict_logits
 
-    rd = RunDir(run)
-    _, val = split_data(ds, rd.read_config())
-    return float(np.mean(predict_logits(load_model(rd), val.images, tta=rd.read_config().tta).argmax(1) == val.labels))
+    _, val = split_data(ds, RunDir(run).read_config())
+    logits = [predict_logits(load_model(RunDir(r)), val.images, tta=RunDir(r).read_config().tta) for r in (run, new)]
+    right = [lg.argmax(1) == val.labels for lg in logits]
+    nll = [float(-np.mean(log_softmax(lg, axis=1)[np.arange(len(val)), val.labels])) for lg in logits]
+    return {"before": float(right[0].mean()), "after": float(right[1].mean()),
+            "lost": int(np.sum(right[0] & ~right[1])), "gained": int(np.sum(~right[0] & right[1])),
+            "nll_before": round(nll[0], 5), "nll_after": round(nll[1], 5)}  # fmt: skip
 
 
 def load_average() -> list[float]:
@@ -193,7 +201,7 @@ def main() -> None:
         metrics = json.loads((new / "metrics.json").read_text())
         result = {kind: {"before": score(args.run, sets[kind]), "after": score(new, sets[kind])}
                   for kind in ("validation", "test")}  # fmt: skip
-        result["mnist_val"] = {"before": mnist_val(args.run, ds), "after": mnist_val(new, ds)}
+        result["mnist_val"] = mnist_val(args.run, new, ds)
     f = metrics["finetune"]
     mnist = f["compare"]["mnist_test"]
     gain = result["test"]["after"]["accuracy"] - result["test"]["before"]["accuracy"]
@@ -219,7 +227,10 @@ def main() -> None:
     for kind in ("validation_users", "test_users", "mnist_val"):
         b, a = out[kind]["before"], out[kind]["after"]
         b, a = (b["accuracy"], a["accuracy"]) if isinstance(b, dict) else (b, a)
-        print(f"{kind:>17}: {b:.2%} -> {a:.2%}")
+        v = out[kind]
+        nll = f", nll {v['nll_before']} -> {v['nll_after']}" if "nll_before" in v else ""
+        lost = f" ({v['lost']} lost, {v['gained']} gained{nll})" if "lost" in v else ""
+        print(f"{kind:>17}: {b:.2%} -> {a:.2%}{lost}")
     print(
         f"       mnist_test: {mnist['before']:.2%} -> {mnist['after']:.2%}; finetune {seconds:.1f} s; "
         f"targets {out['targets']}"

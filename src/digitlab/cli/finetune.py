@@ -8,7 +8,7 @@ import typer
 
 from digitlab.cli.base import console
 from digitlab.cli.feedback import DB_ENV
-from digitlab.training.finetune import REPLAY
+from digitlab.training.finetune import DISTILL, REPLAY
 
 FEEDBACK_HELP = ("The feedback store, a URL as `digitlab feedback --db` takes (default: $DIGITLAB_FEEDBACK_DB, "
                  "else $XDG_DATA_HOME/digitlab/feedback.db).")  # fmt: skip
@@ -22,6 +22,7 @@ def finetune(
     steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps (default: scaled to the feedback)."),
     replay: float = typer.Option(REPLAY, "--replay", help="Share of each batch drawn from RUN's MNIST training split."),
     holdout: float = typer.Option(0.2, "--holdout", help="Share of the feedback held out, by whole sessions."),
+    distill: float = typer.Option(DISTILL, "--distill", help="Weight of keeping RUN's answers on the MNIST replay."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out sessions, the batches and the augmentation."),
 ) -> None:
     """Fine-tune RUN on users' feedback (mixed with MNIST replay) into a new run: calibrated, evaluated, compared.
@@ -33,7 +34,9 @@ def finetune(
     from digitlab.evaluation.finetune import FinetuneConfig, finetune_run
     from digitlab.evaluation.sections import comparison_rows
 
-    ft = FinetuneConfig(feedback=feedback, model=model, steps=steps, replay=replay, holdout=holdout, seed=seed)
+    ft = FinetuneConfig(
+        feedback=feedback, model=model, steps=steps, replay=replay, holdout=holdout, seed=seed, distill=distill
+    )
     with console.status("fine-tuning…") as status:
         result = finetune_run(run, out, ft, progress=lambda msg: status.update(f"{msg}…"))
     f = result.metrics["finetune"]

@@ -187,8 +187,9 @@ def _build(parent: RunDir, rd: RunDir, config: Any, ft: FinetuneConfig, fb: Feed
     precision = precision_choice(config.precision, device, cpu)
     seed_everything(ft.seed)
     say(f"training {steps} steps on {len(train_idx)} feedback rows with MNIST replay")
+    amp = None if precision.dtype is None else getattr(torch, precision.dtype)
     seconds, loss = fit_mixed(model, fb.take(train_idx), (replay.images, replay.labels), config, ft, steps, device,
-                         None if precision.dtype is None else getattr(torch, precision.dtype))  # fmt: skip
+                              amp, teacher=before)  # fmt: skip
     interpolate(model, before, ft.parent_weight)
     model.eval()
     spec = _spec(parent, config, ft, fb, train_idx, held_idx, steps, per_batch)

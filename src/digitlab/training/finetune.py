@@ -20,6 +20,8 @@ MIN_ROWS = 20  # fewer feedback rows than this teach nothing measurable, and lea
 LR_SCALE = 0.1  # fine-tuning lr = RUN's (peak) lr times this
 REPLAY = 0.75  # share of each batch drawn from RUN's MNIST training split
 PARENT_WEIGHT = 0.25  # share of RUN's weights in the ones kept (the rest: the fine-tuned weights)
+DISTILL = 0.0  # weight of the replay images' distillation loss towards RUN's own answers (0: hard labels only)
+DISTILL_T = 2.0  # softmax temperature of that loss (Hinton et al. 2015)
 FEEDBACK_PASSES = 40  # default steps: this many passes over the feedback trained on ...
 STEPS_RANGE = (50, 500)  # ... within these bounds
 WARMUP_FRAC = 0.1
@@ -38,6 +40,7 @@ class FinetuneConfig:
     lr_scale: float = LR_SCALE
     batch_size: int = 128
     parent_weight: float = PARENT_WEIGHT
+    distill: float = DISTILL
     min_rows: int = MIN_ROWS
 
     def check(self) -> None:
@@ -47,6 +50,8 @@ class FinetuneConfig:
             raise ConfigError(f"--holdout must be in (0, 1), not {self.holdout:g}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, not {self.steps}")
+        if not self.distill >= 0:
+            raise ConfigError(f"--distill must be at least 0, not {self.distill:g}")
         if not self.lr_scale > 0 or self.batch_size < 2 or not 0 <= self.parent_weight < 1:
             raise ConfigError("the learning-rate scale must be above 0, the batch at least 2 images and the "
                               "parent's weight in [0, 1)")  # fmt: skip
@@ -58,8 +63,10 @@ def default_steps(n_train: int, per_batch: int) -> int:
 
 
 def fit_mixed(model: Any, feedback: tuple[np.ndarray, np.ndarray], replay: tuple[np.ndarray, np.ndarray], config: Any,
-         ft: FinetuneConfig, steps: int, device: Any, amp_dtype: Any) -> tuple[float, float]:  # fmt: skip
-    """`steps` steps of RUN's optimiser on batches of feedback and MNIST replay, augmented as `config` says;
+              ft: FinetuneConfig, steps: int, device: Any, amp_dtype: Any,
+              teacher: Any = None) -> tuple[float, float]:  # fmt: skip
+    """`steps` steps of RUN's optimiser on batches of feedback and MNIST replay, augmented as `config` says, plus
+    ft.distill times the replay images' distillation loss towards `teacher` (RUN's model) when both are given;
     (seconds, mean loss of the last tenth of the steps)."""
     import torch  # here, not above: `digitlab finetune --help` reads this module's defaults without torch
     import torch.nn.functional as F
@@ -98,7 +105,10 @@ def fit_mixed(model: Any, feedback: tuple[np.ndarray, np.ndarray], replay: tuple
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = F.cross_entropy(model(x).float(), y, label_smoothing=config.label_smoothing)
+            logits = model(x).float()
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            if teacher is not None and ft.distill > 0:
+                loss = loss + ft.distill * _distillation(logits[n_fb:], teacher, x[n_fb:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -107,6 +117,18 @@ def fit_mixed(model: Any, feedback: tuple[np.ndarray, np.ndarray], replay: tuple
     seconds = time.perf_counter() - t0
     model.to(memory_format=torch.contiguous_format)
     return seconds, float(np.mean(losses[-max(1, steps // 10) :]))
+
+
+def _distillation(logits: Any, teacher: Any, x: Any) -> Any:
+    """KL(teacher || model) at temperature DISTILL_T, times T^2 so its gradient scale does not depend on T: the
+    replay images keep RUN's answers, its doubts included, not only their labels (learning without forgetting)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        target = F.log_softmax(teacher(x).float() / DISTILL_T, dim=1)
+    own = F.log_softmax(logits / DISTILL_T, dim=1)
+    return F.kl_div(own, target, log_target=True, reduction="batchmean") * DISTILL_T**2
 
 
 def interpolate(model: Any, parent: Any, parent_weight: float) -> None:

@@ -8,7 +8,6 @@ DejaVu fonts the refusal sets use), augmented like the digits, whose loss pulls 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,11 +20,10 @@ POOL = 4_000  # letters rendered per run (~3 ms each); every batch draws its sha
 
 def letter_pool(share: float, seed: int, device: torch.device, n: int = POOL) -> torch.Tensor | None:
     """The run's `n` outlier images, float (n, 1, 28, 28) in [0, 1]; None when `share` is 0 or no font is installed."""
-    if share <= 0:
+    fonts = training_fonts() if share > 0 else []
+    if not fonts or n <= 0:
         return None
-    fonts = training_fonts()
-    letters = render_letters(n, seed + 7, fonts) if fonts else np.zeros((0, 28, 28), np.uint8)
-    return to_tensor(letters).to(device) if len(letters) else None
+    return to_tensor(render_letters(n, seed + 7, fonts)).to(device)
 
 
 def add_outliers(
