@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from doctables import cpu, realworld, results, robustness, serving
+from doctables import cpu, finetune, realworld, results, robustness, serving
 from doctables.common import REPO
 
 MARKER = re.compile(
@@ -40,6 +40,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "robustness-recipe": ("docs/robustness.md", robustness.recipe),
     "robustness-robust": ("docs/robustness.md", robustness.robust_table),
     "serving-figures": ("docs/serving.md", serving.figures),
+    "finetune-users": ("docs/training.md", finetune.users_table),
     "cpu-vs-reference": ("docs/cpu-speed.md", cpu.vs_reference),
     "cpu-fp32-fast": ("docs/cpu-speed.md", cpu.fast_candidates),
     "cpu-fp32-accurate": ("docs/cpu-speed.md", cpu.accurate_candidates),

@@ -134,6 +134,23 @@ def test_default_steps_scale_with_the_feedback():
     assert default_steps(16, 32) == 50 and default_steps(160, 32) == 200 and default_steps(10_000, 32) == 500
 
 
+def test_distillation_is_zero_on_the_parents_own_answers_and_grows_away_from_them():
+    import torch
+
+    from digitlab.core.errors import ConfigError
+    from digitlab.training.finetune import _distillation
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).eval()
+    x = torch.rand(8, 1, 28, 28)
+    same = teacher(x).detach()
+    assert float(_distillation(same, teacher, x)) == pytest.approx(0, abs=1e-6)
+    near, far = (same + s * torch.randn_like(same) for s in (0.5, 3.0))
+    assert 0 < float(_distillation(near, teacher, x)) < float(_distillation(far, teacher, x))
+    with pytest.raises(ConfigError, match="--distill"):
+        FinetuneConfig(distill=-1).check()
+
+
 def test_an_existing_output_is_never_overwritten(tiny_run, store_url, tmp_path, mnist):
     out = tmp_path / "taken"
     out.mkdir()

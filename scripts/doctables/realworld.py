@@ -58,11 +58,9 @@ def stroke_width_robust() -> str:
     best = {c: max(range(len(rows)), key=lambda i, c=c: rows[i][c]) for c in cols}
 
     def label(r: dict[str, Any]) -> str:
-        if r.get("restroke"):
-            return f"`restroke={r['restroke']}`"
-        if r["thicken"]:
-            return f"`thicken={r['thicken']}`, `thicken_reach={r['thicken_reach']:g}`"
-        return "as trained (the bundled recipe)"
+        parts = [f"`thicken={r['thicken']}`, `thicken_reach={r['thicken_reach']:g}`"] if r["thicken"] else []
+        parts += [f"`restroke={r['restroke']}`"] if r.get("restroke") else []
+        return ", ".join(parts) or "as trained (the bundled recipe)"
 
     return table(
         ["`robust` seed 0, split seed 0", "MNIST validation", "canvas, 12–28 px pens", "fat marker, 36–56 px pens",
