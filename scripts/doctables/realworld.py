@@ -60,7 +60,9 @@ def stroke_width_robust() -> str:
     def label(r: dict[str, Any]) -> str:
         parts = [f"`thicken={r['thicken']}`, `thicken_reach={r['thicken_reach']:g}`"] if r["thicken"] else []
         parts += [f"`restroke={r['restroke']}`"] if r.get("restroke") else []
-        return ", ".join(parts) or "as trained (the bundled recipe)"
+        if r.get("outliers"):
+            return "the bundled recipe: 32/64/128 channels, letters as outliers"
+        return "24/48/96 channels, " + ", ".join(parts) if parts else "24/48/96 channels (the previous bundle)"
 
     return table(
         ["`robust` seed 0, split seed 0", "MNIST validation", "canvas, 12–28 px pens", "fat marker, 36–56 px pens",

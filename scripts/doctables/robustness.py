@@ -35,7 +35,8 @@ RECIPE_VARIANTS = {
     "c30": "+ 30% of each batch degraded (noise, blur, strokes, background, outline, erase to black/noise), 5 epochs",
     "c30e8": "+ inverted patches in `erase`, and 8 epochs (two changes at once)",
     "c30e12": "the same, 12 epochs",
-    "c30w24e10": "**the same, 24/48/96 channels, 10 epochs: `robust`**",
+    "c30w24e10": "the same, 24/48/96 channels, 10 epochs",
+    "oe25w32": "**+ rendered letters as outliers (a quarter of each batch), 32/64/128 channels: `robust`**",
 }
 
 

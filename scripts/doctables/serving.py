@@ -8,9 +8,9 @@ from typing import Any
 from doctables.common import bench, table
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-SERVING_HEADER = ["serving figures (the earlier bundled `fast` model, 16/32/64 channels — the `robust` model now "
-                  "bundled has 2.25× its multiply-adds (first row); idle 2-core AMD EPYC, AVX-512; serving default: "
-                  "no TTA)", "measured", "target", "command"]  # fmt: skip
+SERVING_HEADER = ["serving figures (below the first row: the earlier bundled `fast` model, 16/32/64 channels — the "
+                  "`robust` model now bundled has 4× its multiply-adds; idle 2-core AMD EPYC, AVX-512; serving "
+                  "default: no TTA)", "measured", "target", "command"]  # fmt: skip
 
 
 def trio(values: Iterable[float], fmt: str, bold: int | None = None) -> str:
@@ -21,6 +21,23 @@ def trio(values: Iterable[float], fmt: str, bold: int | None = None) -> str:
 
 def figures() -> str:
     return table(SERVING_HEADER, ["---"] * 4, [*_in_process(), *_api()])
+
+
+def _side_by_side() -> list[object]:
+    """The bundled model against the earlier ones, one run after the other (bench/results/inference-sidebyside.json)."""
+    sbs = bench("inference-sidebyside")
+    runs = [sbs["runs"][k] for k in ("default", "oldrobust", "oldfast")]
+    png, canvas, batch = (" vs ".join(format(r["onnx"][k]["p50"] if k != "batch_model_only_per_s" else r["onnx"][k], f)
+                                     for r in runs) for k, f in (("mnist_png", ".2f"), ("canvas_png", ".2f"),
+                                                                 ("batch_model_only_per_s", ",.0f")))  # fmt: skip
+    return [
+        f"**the `robust` model now bundled ({runs[0]['params']:,} weights) vs the earlier `robust` "
+        f"({runs[1]['params']:,}) and `fast` ({runs[2]['params']:,}) ones, one after the other** (ONNX, 1 thread, "
+        f"no TTA; {sbs['cpu']})",
+        f"28×28 PNG p50 {png} ms; 280×280 canvas {canvas} ms (preprocessing dominates); model only {batch} images/s",
+        "≥ 5,000 images/s model only — see the figure",
+        "`python bench/inference.py RUN --backends onnx --tta off` (`bench/results/inference-sidebyside.json`)",
+    ]
 
 
 def _in_process() -> list[list[object]]:
@@ -35,13 +52,7 @@ def _in_process() -> list[list[object]]:
         return trio((r[key] for r in runs), ",.0f", bold)
 
     return [
-        # the side-by-side run was read off the terminal; inference-robust.json is a later run of every backend
-        ["**the `robust` model now bundled vs the earlier `fast` one, side by side, same code, same minute** (ONNX, "
-         "1 thread, no TTA; this VM was slower than on the days of the rows below: preprocessing alone measured "
-         "1.7–2.6 ms for the canvas against 1.33 ms there)", "28×28 PNG p50 1.00 vs 0.76 ms; 280×280 canvas 2.78 vs "
-         "3.14 ms (the difference is noise: preprocessing dominates); model only 6,490 vs 14,340 images/s",
-         "≥ 5,000 images/s model only — met by `robust` too", "`python bench/inference.py RUN --backends onnx --tta "
-         "off` (`bench/results/inference-robust.json`: all backends)"],
+        _side_by_side(),
         # "across sessions" and "before libspng": earlier runs of bench/inference.py, not kept
         ["in-process, one 28×28 PNG, preprocess + predict, 1 thread: torch / ONNX / ONNX int8",
          f"p50 {ms(off, 'mnist_png', 'p50', 2)} ms (p99 {ms(off, 'mnist_png', 'p99')}); with TTA "

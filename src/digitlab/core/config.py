@@ -192,7 +192,11 @@ ACCURATE = replace(
 #     background, hollow outlines, random erasing incl. inverted patches) — none of them a suite corruption.
 #  2. FastNet 1.5x as wide (24/48/96) and 10 epochs: the degradations cost `fast`'s shape clean accuracy, the width
 #     and the epochs buy it back.
-ROBUST = replace(FAST, preset="robust", model_args={"widths": [24, 48, 96]}, epochs=10, corrupt=0.3)
+#  3. Outlier exposure (training.outliers): a quarter as many rendered letters as digits per batch, trained towards
+#     a uniform softmax, so that "not a digit" refuses letters (fitted letters AUROC 0.983 -> 0.9999); it costs
+#     24/48/96 channels 0.1 pp of clean validation; 32/64/128 channels (as `accurate`, 1.8x the weights) buy it back
+#     (99.68% with TTA, corrupted validation mean 98.06% against 98.03%).
+ROBUST = replace(FAST, preset="robust", model_args={"widths": [32, 64, 128]}, epochs=10, corrupt=0.3, outliers=0.25)
 
 PRESETS: dict[str, TrainConfig] = {"seed": SEED, "fast": FAST, "accurate": ACCURATE, "robust": ROBUST}
 
