@@ -147,7 +147,7 @@ def mnist_val(run: Path, new: Path, ds: object) -> dict[str, float | int]:
     from digitlab.model.forward import load_model, predict_logits
 
     _, val = split_data(ds, RunDir(run).read_config())
-    logits = [predict_logits(load_model(RunDir(r)), val.images, tta=RunDir(r).read_config().tta) for r in (run, new)]
+    logits = [predict_logits(load_model(rd), val.images, tta=rd.read_config().tta) for rd in (RunDir(run), RunDir(new))]
     right = [lg.argmax(1) == val.labels for lg in logits]
     nll = [float(-np.mean(log_softmax(lg, axis=1)[np.arange(len(val)), val.labels])) for lg in logits]
     return {"before": float(right[0].mean()), "after": float(right[1].mean()),

@@ -58,10 +58,10 @@ def stroke_width_robust() -> str:
     best = {c: max(range(len(rows)), key=lambda i, c=c: rows[i][c]) for c in cols}
 
     def label(r: dict[str, Any]) -> str:
-        parts = [f"`thicken={r['thicken']}`, `thicken_reach={r['thicken_reach']:g}`"] if r["thicken"] else []
-        parts += [f"`restroke={r['restroke']}`"] if r.get("restroke") else []
         if r.get("outliers"):
             return "the bundled recipe: 32/64/128 channels, letters as outliers"
+        parts = [f"`thicken={r['thicken']}`, `thicken_reach={r['thicken_reach']:g}`"] if r["thicken"] else []
+        parts += [f"`restroke={r['restroke']}`"] if r.get("restroke") else []
         return "24/48/96 channels, " + ", ".join(parts) if parts else "24/48/96 channels (the previous bundle)"
 
     return table(

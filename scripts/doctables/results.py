@@ -153,7 +153,7 @@ def _single() -> list[list[object]]:
          "(`noise_augment`), letters as a quarter of each batch trained towards uniform (`outliers`), seed 0",
          f"{pct(m['test']['accuracy'])} (one seed; `scripts/make_pretrained.py`)",
          f"{pct(m['val']['accuracy'])} (10% split; {pct(m['val_ablation']['without_tta'])} without TTA)",
-         f"{m['train_seconds']:.0f} s on an idle {m['cpu']}, bf16 autocast", f"{m['params']:,}",
+         f"{m['train_seconds']:.0f} s on an idle {m['cpu'].replace('(R)', '')}, bf16 autocast", f"{m['params']:,}",
          "`python scripts/make_pretrained.py` (`digitlab train --preset robust --seed 0`); its recipe table: "
          "[robustness.md](robustness.md)"],
         ["`accurate` recipe with `StridedNet` (a second architecture for ensembles), 5 seeds, split seed 0",
