@@ -40,7 +40,7 @@ import numpy as np
 
 from digitlab.core.config import TrainConfig
 from digitlab.data.datasets import Split, load_dataset, stratified_split
-from digitlab.data.fonts import FONTS, find_fonts, font_set
+from digitlab.data.fonts import FONTS, find_fonts, font_set, handwriting_fonts
 from digitlab.data.realworld import SET_NAMES, save_realworld
 from digitlab.data.synth import canvas_set, lowres_set, page_set, pen_set, photo_set, relabel
 from digitlab.evaluation.refusal import TUNE_SETS
@@ -63,8 +63,7 @@ def validation_digits() -> tuple[Split, np.ndarray]:
 
 def fonts_by_style(tune: bool) -> list:
     """Handwriting fonts split in two: every other one for the -tune sets, the rest for the reported ones."""
-    hand = [f for f in find_fonts() if f[2] == "handwriting"]
-    return hand[0::2] if tune else hand[1::2]
+    return handwriting_fonts("tune" if tune else "report")
 
 
 def make(name: str, seed: int, font_variants: int) -> tuple[object, dict]:

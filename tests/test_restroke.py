@@ -1,10 +1,17 @@
-"""The `restroke` training option: pen-width copies of digits, and swapping them into batches."""
+"""The `restroke` and `glyphs` training options (pen-width copies, font digits), swapping them into batches, and
+fine-tuning's style jitter."""
+
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage as ndi
 
-from digitlab.training.restroke import restroke, restroked_pool, swap_in
+from digitlab.core.errors import DataError
+from digitlab.data.fonts import handwriting_fonts
+from digitlab.training.augment import style_jitter
+from digitlab.training.restroke import font_glyphs, glyph_pool, restroke, restroked_pool, swap_in
 
 
 def ring() -> np.ndarray:
@@ -42,3 +49,41 @@ def test_the_pool_is_deterministic_and_swapping_keeps_labels_with_images():
     assert torch.equal(swapped, sy == 7)
     assert 0.25 < swapped.float().mean().item() < 0.35
     assert swap_in(x, y, None, 0.3, None)[0] is x
+
+
+def test_font_roles_are_disjoint_and_the_tune_fonts_split_into_train_and_choose():
+    fonts = [(f"hand{i}", Path(f"/f/hand{i}.ttf"), "handwriting") for i in range(9)]
+    fonts += [("print0", Path("/f/print0.ttf"), "print")]
+    role = {r: {f[0] for f in handwriting_fonts(r, fonts)} for r in ("tune", "report", "train", "choose")}
+    assert role["train"] | role["choose"] == role["tune"] and not role["train"] & role["choose"]
+    assert not role["tune"] & role["report"] and len(role["tune"] | role["report"]) == 9
+    assert "print0" not in set().union(*role.values())
+    with pytest.raises(DataError, match="font role"):
+        handwriting_fonts("test", fonts)
+
+
+@pytest.mark.skipif(not handwriting_fonts("train"), reason="needs the handwriting fonts scripts/test.sh installs")
+def test_the_font_digit_pool_holds_framed_glyphs_of_the_training_fonts_only():
+    glyphs, labels = font_glyphs()
+    assert glyphs.shape[1:] == (28, 28) and np.array_equal(np.bincount(labels), np.full(10, len(labels) // 10))
+    rows = np.nonzero(glyphs[0].max(1) > 0)[0]
+    assert 19 <= rows[-1] - rows[0] + 1 <= 21  # framed as MNIST frames a digit
+    assert glyph_pool(0.0, 0, False, torch.device("cpu")) is None
+    x, y = glyph_pool(0.1, 0, False, torch.device("cpu"), n=40)
+    x2, y2 = glyph_pool(0.1, 0, False, torch.device("cpu"), n=40)
+    assert x.shape == (40, 1, 28, 28) and torch.equal(x, x2) and torch.equal(y, y2)
+    assert 0 < x.amax((1, 2, 3)).min().item() <= 1.0
+
+
+def test_style_jitter_slants_and_resizes_but_never_moves_ink_off_the_digit_row():
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 4:24, 13:15] = 1.0  # a vertical bar: a "1"
+    assert style_jitter(x, 0.0) is x
+    out = style_jitter(x, 0.4, torch.Generator().manual_seed(0))
+    assert torch.equal(out, style_jitter(x, 0.4, torch.Generator().manual_seed(0)))
+    cols = torch.arange(28.0)
+    top = (out[:, 0, 5] * cols).sum(1) / out[:, 0, 5].sum(1)
+    bottom = (out[:, 0, 22] * cols).sum(1) / out[:, 0, 22].sum(1)
+    slant = (bottom - top).abs()
+    assert slant.max() > 3 and slant.min() < slant.max()  # slanted, each image by its own amount
+    assert torch.equal(out.amax(3).gt(0.1), x.amax(3).gt(0.1))  # a horizontal jitter: rows keep their ink

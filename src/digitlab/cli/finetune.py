@@ -8,7 +8,7 @@ import typer
 
 from digitlab.cli.base import console
 from digitlab.cli.feedback import DB_ENV
-from digitlab.training.finetune import DISTILL, REPLAY
+from digitlab.training.finetune import DISTILL, REPLAY, STYLE
 
 FEEDBACK_HELP = ("The feedback store, a URL as `digitlab feedback --db` takes (default: $DIGITLAB_FEEDBACK_DB, "
                  "else $XDG_DATA_HOME/digitlab/feedback.db).")  # fmt: skip
@@ -23,6 +23,7 @@ def finetune(
     replay: float = typer.Option(REPLAY, "--replay", help="Share of each batch drawn from RUN's MNIST training split."),
     holdout: float = typer.Option(0.2, "--holdout", help="Share of the feedback held out, by whole sessions."),
     distill: float = typer.Option(DISTILL, "--distill", help="Weight of keeping RUN's answers on the MNIST replay."),
+    style: float = typer.Option(STYLE, "--style", help="Slant and width jitter of the feedback images (0: off)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out sessions, the batches and the augmentation."),
 ) -> None:
     """Fine-tune RUN on users' feedback (mixed with MNIST replay) into a new run: calibrated, evaluated, compared.
@@ -35,7 +36,14 @@ def finetune(
     from digitlab.evaluation.sections import comparison_rows
 
     ft = FinetuneConfig(
-        feedback=feedback, model=model, steps=steps, replay=replay, holdout=holdout, seed=seed, distill=distill
+        feedback=feedback,
+        model=model,
+        steps=steps,
+        replay=replay,
+        holdout=holdout,
+        seed=seed,
+        distill=distill,
+        style=style,
     )
     with console.status("fine-tuning…") as status:
         result = finetune_run(run, out, ft, progress=lambda msg: status.update(f"{msg}…"))

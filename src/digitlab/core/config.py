@@ -47,6 +47,7 @@ class TrainConfig:
     elastic_sigma: float = 4.0  # augmentation: smoothness of the elastic field in pixels
     thicken: float = 0.0  # augmentation: share of images whose strokes are fattened (0: off; fat-pen input)
     restroke: float = 0.0  # augmentation: share of each batch swapped for training digits re-drawn with a random pen
+    glyphs: float = 0.0  # augmentation: share of each batch swapped for handwriting-font digits (training.restroke)
     thicken_reach: float = 1.0  # the most a fattened stroke grows, in pixels each side (2 closes small loops)
     corrupt: float = 0.0  # augmentation: share of images given one degradation from `corrupt_ops` (0: off)
     corrupt_ops: list[str] = field(default_factory=lambda: list(CORRUPT_OPS))  # names in noise_augment.OPS

@@ -86,6 +86,18 @@ def find_fonts(roots: Iterable[Path] = FONT_ROOTS) -> list[tuple[str, Path, str]
     return found
 
 
+def handwriting_fonts(role: str, fonts: Sequence[tuple[str, Path, str]] | None = None) -> list[tuple[str, Path, str]]:
+    """The installed handwriting fonts of one role, disjoint by construction: "report" (every other one: the
+    reported real-world sets), "tune" (the rest: the -tune sets), and the tune fonts' two halves, "train" (whose
+    digits the `glyphs` training option draws) and "choose" (never trained on: what a `glyphs` run is judged by)."""
+    hand = [f for f in (find_fonts() if fonts is None else fonts) if f[2] == "handwriting"]
+    slices = {"tune": slice(0, None, 2), "report": slice(1, None, 2), "train": slice(0, None, 4),
+              "choose": slice(2, None, 4)}  # fmt: skip
+    if role not in slices:
+        raise DataError(f"unknown font role {role!r}: one of {', '.join(slices)}")
+    return hand[slices[role]]
+
+
 def _glyph(font: ImageFont.FreeTypeFont, text: str) -> np.ndarray:
     """Anti-aliased coverage of `text` (float32, cropped; empty when the font draws nothing)."""
     left, top, right, bottom = font.getbbox(text)

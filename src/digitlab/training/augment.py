@@ -104,6 +104,20 @@ def random_affine(
     return apply_affine(x, p, offsets)
 
 
+def style_jitter(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image slanted (horizontal shear in ±strength) and made wider or narrower (width times 1±strength):
+    the ways one person's digits differ from another's most, so that a few people's corrections teach a style
+    rather than their own slant and width. 0: unchanged."""
+    if strength <= 0:
+        return x
+    u = (torch.rand(len(x), 2, generator=generator, device=x.device) * 2 - 1) * strength
+    # `affine_grid` maps output to input coordinates: x_in = x_out / width + shear * y_out.
+    zero, one = torch.zeros_like(u[:, 0]), torch.ones_like(u[:, 0])
+    theta = torch.stack([torch.stack([1 / (1 + u[:, 1]), u[:, 0], zero], 1), torch.stack([zero, one, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def thicken_strokes(
     x: torch.Tensor, share: float, generator: torch.Generator | None = None, reach: float = 1.0
 ) -> torch.Tensor:
@@ -147,12 +161,15 @@ def augment_batch(
     generator: torch.Generator | None,
     done_epochs: int,
     outliers: torch.Tensor | None = None,
+    glyphs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch as the config augments it, in this order: pen-width copies swapped in (restroke), letters
-    appended (outlier exposure), affine warp (+ elastic), stroke thickening, degradations, progressive resizing.
+    """A training batch as the config augments it, in this order: pen-width copies and font digits swapped in
+    (restroke, glyphs), letters appended (outlier exposure), affine warp (+ elastic), stroke thickening,
+    degradations, progressive resizing.
     The one chain the loop runs (and bench/profile_train.py times)."""
     c = config
     x, y = swap_in(x, y, pens, c.restroke, generator)
+    x, y = swap_in(x, y, glyphs, c.glyphs, generator)
     x, y = add_outliers(x, y, outliers, c.outliers, generator)
     x = random_affine(x, c.rotate, c.zoom, c.translate, generator, c.elastic, c.elastic_sigma)
     x = thicken_strokes(x, c.thicken, generator, c.thicken_reach)

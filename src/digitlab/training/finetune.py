@@ -13,8 +13,8 @@ import numpy as np
 
 from digitlab.core.errors import ConfigError
 
-__all__ = ["FEEDBACK_PASSES", "LR_SCALE", "MIN_ROWS", "REPLAY", "STEPS_RANGE", "FinetuneConfig", "default_steps",
-           "fit_mixed", "interpolate"]  # fmt: skip
+__all__ = ["FEEDBACK_PASSES", "LR_SCALE", "MIN_ROWS", "REPLAY", "STEPS_RANGE", "STYLE", "FinetuneConfig",
+           "default_steps", "fit_mixed", "interpolate"]  # fmt: skip
 
 MIN_ROWS = 20  # fewer feedback rows than this teach nothing measurable, and leave no validation to speak of
 LR_SCALE = 0.1  # fine-tuning lr = RUN's (peak) lr times this
@@ -22,6 +22,7 @@ REPLAY = 0.5  # share of each batch drawn from RUN's MNIST training split
 PARENT_WEIGHT = 0.25  # share of RUN's weights in the ones kept (the rest: the fine-tuned weights)
 DISTILL = 1.0  # weight of the replay images' distillation loss towards RUN's own answers (0: hard labels only)
 DISTILL_T = 2.0  # softmax temperature of that loss (Hinton et al. 2015)
+STYLE = 0.0  # the feedback images' slant and width jitter (augment.style_jitter; 0: off)
 FEEDBACK_PASSES = 40  # default steps: this many passes over the feedback trained on ...
 STEPS_RANGE = (50, 500)  # ... within these bounds
 WARMUP_FRAC = 0.1
@@ -41,6 +42,7 @@ class FinetuneConfig:
     batch_size: int = 128
     parent_weight: float = PARENT_WEIGHT
     distill: float = DISTILL
+    style: float = STYLE
     min_rows: int = MIN_ROWS
 
     def check(self) -> None:
@@ -52,6 +54,8 @@ class FinetuneConfig:
             raise ConfigError(f"--steps must be at least 1, not {self.steps}")
         if not self.distill >= 0:
             raise ConfigError(f"--distill must be at least 0, not {self.distill:g}")
+        if not 0 <= self.style < 1:
+            raise ConfigError(f"--style must be in [0, 1), not {self.style:g}")
         if not self.lr_scale > 0 or self.batch_size < 2 or not 0 <= self.parent_weight < 1:
             raise ConfigError("the learning-rate scale must be above 0, the batch at least 2 images and the "
                               "parent's weight in [0, 1)")  # fmt: skip
@@ -72,7 +76,7 @@ def fit_mixed(model: Any, feedback: tuple[np.ndarray, np.ndarray], replay: tuple
     import torch.nn.functional as F
 
     from digitlab.model.forward import to_tensor
-    from digitlab.training.augment import random_affine, thicken_strokes
+    from digitlab.training.augment import random_affine, style_jitter, thicken_strokes
     from digitlab.training.noise_augment import corruption_augment
     from digitlab.training.optim import make_optimizer, make_scheduler
 
@@ -98,7 +102,7 @@ def fit_mixed(model: Any, feedback: tuple[np.ndarray, np.ndarray], replay: tuple
         idx = order[pos : pos + n_fb].to(device)
         pos += n_fb
         rp = torch.randint(len(rp_x), (ft.batch_size - n_fb,), generator=gen).to(device)
-        x, y = torch.cat([fb_x[idx], rp_x[rp]]), torch.cat([fb_y[idx], rp_y[rp]])
+        x, y = torch.cat([style_jitter(fb_x[idx], ft.style, aug_gen), rp_x[rp]]), torch.cat([fb_y[idx], rp_y[rp]])
         x = random_affine(x, config.rotate, config.zoom, config.translate, aug_gen, config.elastic,
                           config.elastic_sigma)  # fmt: skip
         x = corruption_augment(thicken_strokes(x, config.thicken, aug_gen), config.corrupt, config.corrupt_ops, aug_gen)

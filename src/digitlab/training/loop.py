@@ -48,7 +48,7 @@ from digitlab.training.checkpointing import (
 from digitlab.training.distributed import Dist, init_distributed, shutdown
 from digitlab.training.optim import ema_update, make_optimizer, make_scheduler, precision_choice, seed_everything
 from digitlab.training.outliers import OUTLIER, POOL, exposure_loss, letter_pool
-from digitlab.training.restroke import pen_pool
+from digitlab.training.restroke import glyph_pool, pen_pool
 from digitlab.training.stopping import Interrupted, StopRequest, stop_on_signals
 
 __all__ = ["Finished", "Interrupted", "Reporter", "TrainResult", "run_training"]
@@ -181,6 +181,7 @@ class _Session:
     state: TrainState = field(default_factory=TrainState)
     pens: tuple[torch.Tensor, torch.Tensor] | None = None  # the `restroke` pool (images, labels); None when off
     letters: torch.Tensor | None = None  # the `outliers` pool (outlier exposure); None when off
+    glyphs: tuple[torch.Tensor, torch.Tensor] | None = None  # the `glyphs` pool (font digits); None when off
 
     @property
     def final(self) -> nn.Module:
@@ -231,6 +232,7 @@ def _start(config: TrainConfig, rd: RunDir, dd: Dist, device: torch.device, resu
     s.pens = pen_pool(train_split.images, train_split.labels, config.restroke, config.seed, reporter is not None,
                       device)  # fmt: skip
     s.letters = letter_pool(config.outliers, config.seed, device, min(POOL, len(train_split)))
+    s.glyphs = glyph_pool(config.glyphs, config.seed, reporter is not None, device)
     s.state.train_seconds += time.perf_counter() - t_pool
     return s
 
@@ -296,7 +298,8 @@ def _batch(s: _Session) -> tuple[torch.Tensor, torch.Tensor]:
     """The next training batch (images, labels), augmented as the config says."""
     state = s.state
     idx = state.perm[state.step * s.batch : (state.step + 1) * s.batch].to(s.device)
-    x, y = augment_batch(s.x_all[idx], s.y_all[idx], s.config, s.pens, s.aug_gen, state.epoch, s.letters)
+    x, y = augment_batch(s.x_all[idx], s.y_all[idx], s.config, s.pens, s.aug_gen, state.epoch, s.letters,
+                        s.glyphs)  # fmt: skip
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
