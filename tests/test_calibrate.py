@@ -10,6 +10,7 @@ import pytest
 
 from digitlab.data.letters import DEJAVU, render_letters, training_fonts
 from digitlab.evaluation.calibrate import calibrate_run, ece, fit_ood
+from digitlab.evaluation.refusal import SOURCE_TPR
 from digitlab.model.scoring import INK_PENALTY, OodRule, fit_temperature, ink_fraction, logit_score, nll
 
 CAL_KEYS = {"temperature", "nll_before", "nll_after", "ece_before", "ece_after", "ood"}
@@ -119,6 +120,9 @@ def test_calibrate_run_on_a_copy_of_the_tiny_run(tiny_run, tmp_path):
     assert cal["nll_after"] <= cal["nll_before"] + 1e-9
     assert cal["ood"]["score"] in ("energy", "max_logit")
     assert cal["ood"]["tpr_in"] >= 0.98 and "validation digits" in cal["ood"]["fitted_on"]
+    # The run evaluates with TTA and is served without it: the threshold keeps its digits both ways.
+    assert cal["tta"] and "each with and without TTA" in cal["ood"]["fitted_on"]
+    assert cal["ood"]["kept"]["validation (no TTA)"] >= SOURCE_TPR - 0.01
     assert "Fashion-MNIST train" in cal["ood"]["fitted_on"] or "synthetic" in cal["ood"]["fitted_on"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["temperature"] == pytest.approx(cal["temperature"])

@@ -36,7 +36,10 @@ RECIPE_VARIANTS = {
     "c30e8": "+ inverted patches in `erase`, and 8 epochs (two changes at once)",
     "c30e12": "the same, 12 epochs",
     "c30w24e10": "the same, 24/48/96 channels, 10 epochs",
-    "oe25w32": "**+ rendered letters as outliers (a quarter of each batch), 32/64/128 channels: `robust`**",
+    "oe25w32": "+ rendered letters as outliers (a quarter of each batch), 32/64/128 channels",
+    "oe25w32rs15": "+ 15% of each batch re-drawn with a random pen (`restroke=0.15`)",
+    "oe25w32rs15fat15": "**+ also 15% of the strokes grown by up to 2 px a side (`thicken=0.15`, `thicken_reach=2`): "
+    "`robust`**",
 }
 
 

@@ -10,9 +10,9 @@ Both are fitted on the run's *validation* split, never on the test set:
   rejects more of the out-of-distribution fitting sets (`digitlab.evaluation.ood_sets`), with an ink gate. The
   threshold keeps SOURCE_TPR of the validation digits *and* of each other digit source users send (canvas,
   photo, fonts, low-resolution scans, thin and thick pens, small digits on big pages: the validation-digit sets
-  of `digitlab.evaluation.refusal`); the ink gate sits above the digits of every source. The out-of-distribution
-  sets only choose between the two scores and document how much each rule rejects; the test-set AUROCs in
-  metrics.json["ood"] are a report.
+  of `digitlab.evaluation.refusal`), scored with the run's test-time augmentation and without it (as served);
+  the ink gate sits above the digits of every source. The out-of-distribution sets only choose between the two
+  scores and document how much each rule rejects; the test-set AUROCs in metrics.json["ood"] are a report.
 """
 
 from __future__ import annotations
@@ -164,10 +164,14 @@ def calibrate_split(
     found, used = digit_sources(val, config.data, sizes.get("digits"))
     found, used = {**found, **(extra_sources or {})}, {**used, **{k: len(v) for k, v in (extra_sources or {}).items()}}
     sources = {name: (logits_of(images), images) for name, images in found.items()}
+    if config.tta:  # the app, API and CLI serve without TTA: the rule must keep the digits either way
+        plain = [("validation", val.images), *found.items()]
+        sources |= {f"{name} (no TTA)": (predict_logits(model, im, device=device), im) for name, im in plain}
     _, ood_report = fit_ood(val_logits, val.images, ood, temperature, SOURCE_TPR, sources)
     kinds = ", ".join(f"{k} {v:,}" for k, v in used.items() if isinstance(v, int)) or "none"
+    twice = ", each with and without TTA" if config.tta else ""
     ood_report["fitted_on"] = (f"{len(labels):,} validation digits of {config.data} and validation-digit "
-                               f"sources ({kinds}) vs {described}")  # fmt: skip
+                               f"sources ({kinds}){twice} vs {described}")  # fmt: skip
     ood_report["sources"] = used
     cal = {
         "temperature": temperature,
