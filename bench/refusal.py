@@ -4,7 +4,8 @@
     PYTHONPATH=/other/src python bench/refusal.py --label before --run /other/src/digitlab/pretrained/default
 
 Scores the reported real-world sets in data/realworld/ (MNIST *test* digits and fonts: canvas, photo, fonts,
-lowres, pen, page) and 2,000 MNIST test digits through `Predictor.predict` (the path `digitlab predict` and the
+lowres, pen, page), 1,000 glyphs of the reported handwriting fonts drawn with a marker ("thick-font", made here:
+`synth.thick_font_set`) and 2,000 MNIST test digits through `Predictor.predict` (the path `digitlab predict` and the
 API take, without test-time augmentation), and the AUROC of the run's "not a digit" score, digits (MNIST test,
 and every source pooled) against the test-side out-of-distribution sets (Fashion-MNIST test, noise, letters in
 other fonts). Only public APIs are used, so the same script measures an older checkout. Each label's figures
@@ -28,6 +29,7 @@ from digitlab.core.rundir import BUNDLED
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("canvas", "photo", "fonts", "lowres", "pen", "page")
 MNIST_N = 2000
+THICK_FONT_N = 1000
 OOD_N = {"fashion_mnist": 2000, "noise": 500, "letters": 500}
 
 
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from digitlab.data.datasets import load_dataset
+    from digitlab.data.fonts import find_fonts
     from digitlab.data.realworld import load_realworld
+    from digitlab.data.synth import thick_font_set
     from digitlab.evaluation.ood_sets import ood_images
     from digitlab.inference.predict import Predictor
 
@@ -102,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         sources[name], inputs = score(predictor, ds.images, ds.labels, ds.kinds)
         framed.append(inputs)
         print(f"{name}: {json.dumps({k: v for k, v in sources[name].items() if k != 'by_kind'})}", flush=True)
+    # Handwriting-font glyphs drawn with a marker on a canvas (8-24% of the height), in the reported fonts (every
+    # other handwriting font: what `data.fonts.handwriting_fonts("report")` returns, spelt out for older checkouts).
+    report_fonts = [f for f in find_fonts() if f[2] == "handwriting"][1::2]
+    if report_fonts:
+        ds = thick_font_set(report_fonts, THICK_FONT_N, seed=503)
+        sources["thick-font"], inputs = score(predictor, ds.images, ds.labels, ds.kinds)
+        framed.append(inputs)
+        print(f"thick-font: {json.dumps({k: v for k, v in sources['thick-font'].items() if k != 'by_kind'})}")
     ood, described = ood_images("test", tuple(OOD_N.items()))
     rule = predictor.ood
     result = {

@@ -15,7 +15,7 @@ from conftest import run_cli
 from digitlab.core.errors import DataError, RunDirError
 from digitlab.data.feedback_store import FeedbackStore
 from digitlab.evaluation.finetune import FinetuneConfig, finetune_run, split_by_session
-from digitlab.training.finetune import default_steps
+from digitlab.training.finetune import STYLE, default_steps
 
 STEPS = 12  # enough to change the weights; the tests check the plumbing, bench/finetune_users.py the gain
 
@@ -69,7 +69,7 @@ def test_the_new_run_is_a_run_directory_the_predictor_loads(tuned, tiny_run, sto
     assert doc["parent"]["path"] == str(Path(tiny_run).resolve())
     assert doc["feedback"]["url"] == FeedbackStore.open(store_url).url and "@" not in doc["feedback"]["url"]
     assert doc["feedback"]["rows"] == 40 and doc["feedback"]["model"] == "tiny"  # the other model's rows left out
-    assert doc["options"]["steps"] == STEPS
+    assert doc["options"]["steps"] == STEPS and doc["options"]["style"] == STYLE
     p = Predictor.from_run(rd.root)  # calibrated: a "not a digit" rule, no --allow-uncalibrated needed
     [pred] = p.predict(255 - mnist.test.images[0])
     assert pred.status in ("ok", "not_a_digit") and len(pred.probabilities) == 10
@@ -149,6 +149,9 @@ def test_distillation_is_zero_on_the_parents_own_answers_and_grows_away_from_the
     assert 0 < float(_distillation(near, teacher, x)) < float(_distillation(far, teacher, x))
     with pytest.raises(ConfigError, match="--distill"):
         FinetuneConfig(distill=-1).check()
+    for style in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="--style"):
+            FinetuneConfig(style=style).check()
 
 
 def test_an_existing_output_is_never_overwritten(tiny_run, store_url, tmp_path, mnist):

@@ -98,7 +98,7 @@ def confidence() -> str:
              "(`bench/refusal.py`)"],
             ["the same with TTA (`digitlab calibrate`)",
              f"{tta['fashion_mnist']:.3f} / {tta['noise']:.3f} / {tta['letters']:.3f}"],
-            ["valid digits refused, per source (MNIST test, canvas, photo, fonts, lowres, pen, page)",
+            ["valid digits refused, per source (MNIST test, canvas, photo, fonts, lowres, pen, page, thick-font)",
              f"at most {pct(served['max_refused'])} (`bench/results/realworld-refusal.json`, label `robust`)"],
             ["what the rule refuses of its fitting sets",
              f"Fashion-MNIST {pct(fit['fashion_mnist'], 1)}, noise {refused}, letters {pct(fit['letters'], 1)}"],
