@@ -8,7 +8,8 @@ each) and framed as `preprocess` frames a drawing, so they look like what the mo
 
 The `glyphs` option swaps in digits of handwriting fonts the same way (`data.fonts.handwriting_fonts("train")`):
 half in the font's own strokes, half re-drawn with a random pen. Fonts give shapes MNIST's writers rarely used
-(looped 2s, open 4s, calligraphic 8s) that people type into a canvas in a font-like hand.
+(looped 2s, open 4s, calligraphic 8s). Measured, it teaches the fonts trained on and not fat pens in other fonts
+(docs/real-world.md), so it is in no preset.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from digitlab.model.forward import to_tensor
 
 PEN = (0.02, 0.26)  # pen width as a share of the digit's height: a hairline to a fat marker
 POOL = 12_000  # copies made per run (~30 s on 2 cores); each batch draws its `restroke` share from them
-GLYPH_POOL = 4_000  # font-digit copies made per run (~5 s): a few fonts' 10 digits each, so fewer are needed
+GLYPH_POOL = 4_000  # font-digit copies made per run (~0.5 s): a few fonts' 10 digits each, so fewer are needed
 UPSCALE = 2  # the skeleton is traced at 56x56: smoother strokes than at 28x28, still cheap
 
 
