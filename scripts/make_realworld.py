@@ -61,11 +61,6 @@ def validation_digits() -> tuple[Split, np.ndarray]:
     return train.subset(index), index
 
 
-def fonts_by_style(tune: bool) -> list:
-    """Handwriting fonts split in two: every other one for the -tune sets, the rest for the reported ones."""
-    return handwriting_fonts("tune" if tune else "report")
-
-
 def make(name: str, seed: int, font_variants: int) -> tuple[object, dict]:
     """Set `name` (one of SET_NAMES or TUNE_SETS) and extra metadata."""
     base = name.removesuffix("-tune")
@@ -81,7 +76,7 @@ def make(name: str, seed: int, font_variants: int) -> tuple[object, dict]:
     elif base == "lowres":
         ds = lowres_set(split, n, seed + 10)
     elif base == "pen":
-        fonts = fonts_by_style(tune)
+        fonts = handwriting_fonts("tune" if tune else "report")
         ds = pen_set(split, n, seed + 11, fonts)
         meta["fonts"] = [f for f, _, _ in fonts]
     elif base == "page":

@@ -72,11 +72,17 @@ def elastic_offsets(
 
 
 def apply_affine(x: torch.Tensor, p: AffineParams, offsets: torch.Tensor | None = None) -> torch.Tensor:
-    """Warp a batch (N, C, H, W) with bilinear sampling; outside pixels are black (0), as MNIST's background.
+    """Warp a batch (N, C, H, W) with `p` (see `warp`)."""
+    return warp(x, affine_matrices(p), offsets)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Warp a batch (N, C, H, W) by `affine_grid` matrices `theta` (N, 2, 3) with bilinear sampling; outside
+    pixels are black (0), as MNIST's background.
 
     `offsets` (N, H, W, 2), if given, displace the sampling grid further (elastic distortion): one resampling.
     """
-    grid = F.affine_grid(affine_matrices(p).to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     if offsets is not None:
         grid = grid + offsets.to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -114,8 +120,7 @@ def style_jitter(x: torch.Tensor, strength: float, generator: torch.Generator | 
     # `affine_grid` maps output to input coordinates: x_in = x_out / width + shear * y_out.
     zero, one = torch.zeros_like(u[:, 0]), torch.ones_like(u[:, 0])
     theta = torch.stack([torch.stack([1 / (1 + u[:, 1]), u[:, 0], zero], 1), torch.stack([zero, one, zero], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warp(x, theta)
 
 
 def thicken_strokes(
