@@ -322,6 +322,37 @@ def test_dark_on_light_equals_light_on_dark(cov):
     assert np.abs(dark_on_light.astype(int) - light_on_dark.astype(int)).max() <= 2
 
 
+def test_a_page_between_two_dark_bands_reads_as_the_page(cov):
+    """A photographed page with the dark desk showing left and right: the desk is not the paper."""
+    page = paper(cov).astype(np.float32)
+    wide = np.full((page.shape[0], page.shape[1] + 80), 255.0, np.float32)
+    wide[:, 40:-40] = page
+    noise = np.random.default_rng(0).normal(0, 3, wide.shape)  # a camera's
+    page_only = preprocess(np.clip(wide + noise, 0, 255).astype(np.uint8)).image
+    wide[:, :30] = wide[:, -30:] = 35  # the desk, darker than the ink is light
+    framed = preprocess(np.clip(wide + noise, 0, 255).astype(np.uint8)).image
+    assert corr(framed, page_only) > 0.97
+
+
+def test_inverted_side_strips_are_reverted(mnist):
+    """MNIST digits whose outer columns are inverted (MNIST-C's stripe) frame like the digits themselves."""
+    digits = mnist.test.images[:20]
+    striped = digits.copy()
+    striped[:, :, :7] = 255 - digits[:, :, :7]
+    striped[:, :, -7:] = 255 - digits[:, :, -7:]
+    for clean_digit, im in zip(digits, striped, strict=True):
+        assert corr(preprocess_array(im).image, preprocess_array(clean_digit, fast=False).image) > 0.95
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_side_bands_leave_a_fat_digit_between_margins_alone(transpose):
+    """Paper either side of a fat digit is the paper, not a band: the digit's median ink must not flip it."""
+    g = np.zeros((40, 40), np.float32)
+    g[4:36, 12:28] = 1.0  # a thick, wide stroke filling the middle columns
+    g = g.T.copy() if transpose else g
+    assert np.array_equal(clean.level_side_bands(g), g)
+
+
 # --------------------------------------------------------------------------------------------- MNIST geometry
 
 

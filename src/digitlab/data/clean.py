@@ -25,11 +25,73 @@ NOISE_FLOOR = 0.15  # after stretching ink to 1, values below this (or 4 noise s
 SPECK_KEEP = 0.15  # components with at least this share of the largest one's ink mass are always kept
 SPECK_NEAR = 0.02  # smaller ones down to this share are kept when they sit next to the digit (broken strokes)
 NEAR_MARGIN = 0.15  # "next to": inside the digit's box grown by this fraction of its longer side
+# Side bands: two opposite edges of the picture covered by something of one level that is not the paper (a dark
+# desk either side of a photographed page, inverted strips): each at least BAND_MIN of the side, its outer line
+# at least BAND_FULL within BAND_TOL of its level, that level at least BAND_CONTRAST from the middle's, where the
+# middle's level is that of its ends on the other two edges (paper reaching them, BAND_FULL uniform).
+BAND_MIN = 0.05
+BAND_TOL = 0.15
+BAND_FULL = 0.95
+BAND_CONTRAST = 0.4
+BAND_MIDDLE = 0.3  # ... and at least this share of the side left between them
+BAND_EDGE = 0.02  # a band's soft edge is at most this share of the side wide
 
 
 def _border(a: np.ndarray) -> np.ndarray:
     b = max(1, round(BORDER_FRAC * min(a.shape)))
     return np.concatenate([a[:b].ravel(), a[-b:].ravel(), a[:, :b].ravel(), a[:, -b:].ravel()])
+
+
+def _band(a: np.ndarray, levels: np.ndarray, order: range) -> tuple[int, float]:
+    """Width and level of the band of columns of `a` taken in `order` (from one edge inwards); 0 if none."""
+    first = a[:, order[0]]
+    level = median(first)
+    if float(np.mean(np.abs(first - level) <= BAND_TOL)) < BAND_FULL:
+        return 0, level
+    width = 0
+    for j in order:  # inwards while a column's typical level is nearer the band's than the other extreme
+        if abs(float(levels[j]) - level) > 0.5:
+            break
+        width += 1
+    return width, level
+
+
+def _level_bands(a: np.ndarray) -> None:
+    """Reflect `a`'s left and right side bands (in place) so that their level becomes the middle's."""
+    w = a.shape[1]
+    levels = np.median(a, axis=0)
+    left, lv = _band(a, levels, range(w))
+    right, rv = _band(a, levels, range(w - 1, -1, -1))
+    least = max(2, math.ceil(BAND_MIN * w))
+    if left < least or right < least or abs(lv - rv) > BAND_TOL or w - left - right < BAND_MIDDLE * w:
+        return
+    # The middle's level is that of its ends on the other two edges, which must be uniform: paper reaching
+    # them. A fat digit between two margins of paper has the margins' level there, and is left alone.
+    ends = np.concatenate([a[0, left : w - right], a[-1, left : w - right]])
+    middle = median(ends)
+    if float(np.mean(np.abs(ends - middle) <= BAND_TOL)) < BAND_FULL or abs(middle - (lv + rv) / 2) < BAND_CONTRAST:
+        return
+    # A reflection about the midpoint of the two levels: the band's level goes to the paper's and whatever lies
+    # on the band (a stroke crossing an inverted strip) keeps its contrast, the other way round.
+    for cols, level in ((slice(0, left), lv), (slice(w - right, w), rv)):
+        np.clip(level + middle - a[:, cols], 0, 1, out=a[:, cols])
+    # The band's soft edge (a blurred desk-to-page boundary) would reflect onto itself as a faint line of ink:
+    # up to BAND_EDGE of the width next to each band, columns not yet at the middle's level become paper.
+    edge = max(1, math.ceil(BAND_EDGE * w))
+    for cols in (range(left, min(left + edge, w - right)), range(w - right - 1, max(w - right - 1 - edge, left), -1)):
+        for j in cols:
+            if abs(float(levels[j]) - middle) <= BAND_TOL:
+                break
+            a[:, j] = middle
+
+
+def level_side_bands(g: np.ndarray) -> np.ndarray:
+    """`g` with bands along two opposite sides (left and right, then top and bottom) brought to the level of the
+    picture between them, so that the border's colour is the paper's when the polarity is decided."""
+    out = g.copy()
+    _level_bands(out)
+    _level_bands(out.T)
+    return out
 
 
 def light_background(g: np.ndarray) -> bool:
@@ -141,6 +203,7 @@ def prepare(gray: np.ndarray, scale: float = 1.0) -> Ink:
     work, shrink = _working_size((w, h))
     g = resize(gray, work, Image.Resampling.BOX) if shrink < 1 else gray
     scale *= shrink
+    g = level_side_bands(g)
     if light_background(g):
         g = 1 - g
     bg = _background(g)
