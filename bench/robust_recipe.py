@@ -23,12 +23,10 @@ import numpy as np
 from digitlab.cli.train import parse_sets
 from digitlab.core.config import get_preset
 from digitlab.core.rundir import RunDir
-from digitlab.data.corruptions import CORRUPTIONS, corrupt
+from digitlab.data.corruptions import CORRUPTIONS, VALIDATION_SEED, corrupt
 from digitlab.data.datasets import load_dataset, split_data
 from digitlab.evaluation.pipeline import train
 from digitlab.model.forward import load_model, predict_logits
-
-VAL_SEED = 1  # the validation-derived suite's seed; the reported (test-derived) suite uses its own
 
 
 def cpu() -> str:
@@ -44,7 +42,7 @@ def score(run: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, float]
     clean = float((predict_logits(model, images).argmax(1) == labels).mean())
     per = {}
     for name in CORRUPTIONS:
-        x = corrupt(images, name, VAL_SEED)
+        x = corrupt(images, name, VALIDATION_SEED)
         per[name] = float((predict_logits(model, x).argmax(1) == labels).mean())
     return {"clean": clean, "mean_corrupted": float(np.mean(list(per.values()))), "corruptions": per}
 

@@ -166,4 +166,20 @@ def test_digit_sources_keep_only_the_runs_validation_digits(mnist):
     assert len(found["fonts-tune"]) >= 50  # font glyphs belong to no split
     _, val_idx = stratified_split(mnist.train.labels, 0.1, 0)
     assert set(index) <= set(val_idx.tolist())  # the tune sets are the bundled run's validation digits
-    assert digit_sources(val, "fashion-mnist")[0] == {}
+    assert set(digit_sources(val, "fashion-mnist")[0]) == {"corrupted"}  # no tune sets: not MNIST digits
+
+
+def test_corrupted_source_is_the_splits_digits_under_every_corruption_as_served(mnist):
+    from digitlab.data.corruptions import CORRUPTIONS, VALIDATION_SEED, corrupt
+    from digitlab.data.preprocess import preprocess_array
+    from digitlab.evaluation.refusal import corrupted_source
+
+    val = mnist.train.subset(np.arange(90))
+    framed = corrupted_source(val, limit=60)
+    assert framed.dtype == np.uint8 and 55 <= len(framed) <= 60  # (a corruption may leave a digit empty)
+    assert np.array_equal(framed, corrupted_source(val, limit=60))  # seeded: the same every time
+    names = list(CORRUPTIONS)
+    stripe = names.index("stripe")  # digit k gets corruption k mod 15, framed as `preprocess_array` does
+    expected = preprocess_array(corrupt(val.images[stripe :: len(names)][:4], "stripe", VALIDATION_SEED)[0]).image
+    assert any(np.array_equal(expected, im) for im in framed)
+    assert not any(np.array_equal(expected, im) for im in corrupted_source(val, limit=stripe))  # only the first

@@ -4,7 +4,8 @@ A rule fitted on MNIST's validation digits alone refuses 1 in 100 of them by con
 digits users actually send (canvas strokes, photos, fonts, low-resolution scans, thick pens), whose scores sit
 lower. `calibrate.fit_ood` therefore sets the threshold so that it keeps SOURCE_TPR of *each* source: MNIST
 validation and the `*-tune` sets in data/realworld/ (made by scripts/make_realworld.py from the validation digits
-of the bundled run's split, and from fonts the reported sets do not use). Only digits in the run's own
+of the bundled run's split, and from fonts the reported sets do not use), and the run's validation digits under the
+robustness suite's corruptions (validation seed), framed by `preprocess` as served. Only digits in the run's own
 validation split are used (matched by their pixels), so a run never fits its rule on images it trained on.
 """
 
@@ -19,10 +20,11 @@ import numpy as np
 from digitlab.core.errors import DataError
 from digitlab.data.datasets import Split
 
-__all__ = ["MIN_SOURCE", "SOURCE_TPR", "TUNE_SETS", "digit_sources"]
+__all__ = ["CORRUPTED", "MIN_SOURCE", "SOURCE_TPR", "TUNE_SETS", "corrupted_source", "digit_sources"]
 
 TUNE_SETS = ("canvas-tune", "photo-tune", "fonts-tune", "lowres-tune", "pen-tune", "page-tune")
 SOURCE_TPR = 0.997  # share of every digit source the rule keeps while fitting: >= 99.5% on held-out digits
+CORRUPTED = "corrupted"  # the source of validation digits under the suite's corruptions
 MIN_SOURCE = 50  # a source with fewer usable digits than this (a small run's split) is left out of the fit
 
 
@@ -62,18 +64,39 @@ def _train_images(data: str) -> np.ndarray:
     return load_dataset(data).train.images
 
 
+def corrupted_source(val: Split, limit: int | None = None) -> np.ndarray:
+    """Model inputs of the first `limit` digits of `val`, digit i under the suite's corruption i mod 15 (seeded
+    with VALIDATION_SEED), as `preprocess_array` frames them (those it finds empty are left out): what the API
+    is sent when a scan is noisy, blurred, smudged or crossed by lines."""
+    from digitlab.data.corruptions import CORRUPTIONS, VALIDATION_SEED, corrupt
+    from digitlab.data.preprocess import preprocess_array
+
+    images = val.images[:limit]
+    out = []
+    for k, name in enumerate(CORRUPTIONS):
+        for im in corrupt(images[k :: len(CORRUPTIONS)], name, VALIDATION_SEED):
+            prep = preprocess_array(im)
+            if prep.status == "ok":
+                out.append(prep.image)
+    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+
+
 def digit_sources(val: Split, data: str, limit: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Model inputs (uint8 (N, 28, 28)) of each tune set, keeping only digits of `val` (images from the MNIST
-    training split that are in the run's validation split; font glyphs always), at most `limit` per set.
+    """Model inputs (uint8 (N, 28, 28)) of each digit source: the run's corrupted validation digits
+    (`corrupted_source`) and each tune set, keeping only digits of `val` (images from the MNIST training split
+    that are in the run's validation split; font glyphs always), at most `limit` per source.
 
     Returns ({name: inputs}, report); sets missing, or with fewer than MIN_SOURCE digits, are left out and
     said so in the report. Runs on other data than MNIST get no tune sets (they are MNIST digits)."""
+    corrupted = corrupted_source(val, limit)
+    if len(corrupted) < MIN_SOURCE:
+        sources, report = {}, {CORRUPTED: f"left out: only {len(corrupted)} validation digits framed"}
+    else:
+        sources, report = {CORRUPTED: corrupted}, {CORRUPTED: len(corrupted)}
     if data != "mnist":
-        return {}, {"skipped": f"tune sets are MNIST digits; the run's data is {data}"}
+        return sources, {**report, "skipped": f"tune sets are MNIST digits; the run's data is {data}"}
     wanted = {_digest(im) for im in val.images}
     train: np.ndarray | None = None
-    sources: dict[str, np.ndarray] = {}
-    report: dict[str, Any] = {}
     for name in TUNE_SETS:
         try:
             origins = _load(name).origins
