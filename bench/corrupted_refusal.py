@@ -2,13 +2,14 @@
 
     python bench/corrupted_refusal.py [RUN] [--n 600] [--out bench/results/corrupted-refusal.json]
 
-The rule (`digitlab calibrate`) keeps 99.7% of every *clean* digit source it is fitted on; corrupted digits score
-lower. This takes RUN's first --n validation digits (never the test set), applies each of the suite's 15
-corruptions with the validation-derived seed (as bench/robust_recipe.py does), sends them through
-`preprocess` and the model without TTA (as `digitlab serve` does), and reports per corruption the share refused
-and the share read right. Then, for the corrupted digits pooled, the logit threshold that would keep 97-99.5% of
-them and what the rule would still refuse of the fitting sets (Fashion-MNIST train, noise, letters) at that
-threshold: the trade-off a rule that keeps corrupted digits too would make. A report: it chooses nothing.
+The rule (`digitlab calibrate`) keeps 99.7% of every digit source it is fitted on, corrupted validation digits
+pooled among them; per corruption the share varies. This takes RUN's first --n validation digits (never the test
+set), applies each of the suite's 15 corruptions with the validation-derived seed (as bench/robust_recipe.py does),
+sends them through `preprocess` and the model without TTA (as `digitlab serve` does), and reports per corruption
+the share refused and the share read right. Then, for the corrupted digits pooled, the logit threshold that would
+keep 97-99.7% of them and what the rule would still refuse of the fitting sets (Fashion-MNIST train, noise,
+letters) at that threshold (never stricter than RUN's own): what keeping more of them would cost. A report: it
+chooses nothing.
 """
 
 from __future__ import annotations
