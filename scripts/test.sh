@@ -26,4 +26,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-exec "$PY" -m pytest "$@"
+# Two workers, whole files each (module fixtures start once); one torch thread per worker so the two share the
+# cores instead of oversubscribing them. Later arguments win: `-n 0` runs in this process.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+exec "$PY" -m pytest -n "${DIGITLAB_TEST_WORKERS:-2}" --dist loadfile "$@"

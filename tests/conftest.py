@@ -101,3 +101,10 @@ def pg_url(pg_cluster, request) -> str:
 
     name = re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
     return pg_cluster.create_database(name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a `slow` test run first: `scripts/test.sh` hands whole files to two workers (`--dist
+    loadfile`), and a long file started last would leave one worker running it alone."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each file stays

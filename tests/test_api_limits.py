@@ -251,6 +251,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_worst_case_requests_stay_within_stated_cpu_and_memory(run, tmp_path):
     """In a fresh process (ru_maxrss is a high-water mark): 64 copies of a 6000x6000 16-bit PNG in one batch are
     refused from their headers; one is served within 3 s of CPU; eight 6000x6000 RGBA PNGs at once keep the

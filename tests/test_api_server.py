@@ -124,3 +124,30 @@ def test_a_model_that_cannot_load_stops_serve_at_start(run, tmp_path, workers):
     assert status == 1 and "Traceback" not in text, text[-3000:]
     failures = [line for line in text.splitlines() if "model failed to load" in line]
     assert failures and "error: the server did not start" in text.splitlines()[-1], text[-3000:]
+
+
+def test_the_drain_sees_a_request_the_loop_has_not_read_yet():
+    """An idle connection is closed on shutdown only when nothing waits unread in its receive buffer: closing a
+    socket with unread bytes resets it, and the request in them would be lost."""
+    import socket
+
+    from digitlab.serving.protocol import _unread_bytes
+
+    class Transport:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def get_extra_info(self, name):
+            return self.sock if name == "socket" else None
+
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end:
+        assert _unread_bytes(Transport(server_end)) == 0
+        client_end.sendall(b"POST /v1/predict HTTP/1.1\r\n")
+        deadline = time.monotonic() + 5
+        while _unread_bytes(Transport(server_end)) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _unread_bytes(Transport(server_end)) == 27
+        server_end.recv(27)
+        assert _unread_bytes(Transport(server_end)) == 0
+    assert _unread_bytes(Transport(None)) == 0  # no socket to ask: the grace period alone decides

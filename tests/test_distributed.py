@@ -25,6 +25,7 @@ def torchrun(*args: str | Path, timeout: float = 300) -> subprocess.CompletedPro
     return subprocess.run([*TORCHRUN, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_one_run(tmp_path, mnist):
     out = tmp_path / "ddp"
     res = torchrun("train", "--preset", "fast", "--limit", "1200", "--epochs", "2", "--batch-size", "64",
@@ -63,6 +64,7 @@ def without_torchrun_traceback(stderr: str) -> str:
     return head if sep and "SignalException: Process" in tail else stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the ranks through /proc")
 def test_ctrl_c_stops_every_rank_and_resume_under_torchrun_finishes(tmp_path):
     out = tmp_path / "run"

@@ -182,6 +182,7 @@ def test_too_little_feedback_is_refused(tiny_run, tmp_path, mnist):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "missing.db").exists()
 
 
+@pytest.mark.slow
 def test_cli_prints_one_screen_and_exports_onnx_like_the_parent(onnx_run, store_url, tmp_path):
     out = tmp_path / "cli"
     r = run_cli("finetune", onnx_run, "--feedback", store_url, "--out", out, "--steps", "5", "--model", "tiny",

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import run_cli
@@ -13,6 +14,7 @@ from digitlab.model.forward import load_model, predict_logits
 BUNDLE = BUNDLED
 
 
+@pytest.mark.slow
 def test_bundled_metrics_match_a_fresh_evaluation_and_tta_buys_nothing_measurable(mnist):
     """The recorded test accuracy is what the bundle scores now; and why serving runs without test-time
     augmentation by default (docs/serving.md). One pass of each kind over the 10,000 digits serves both checks."""

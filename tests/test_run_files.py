@@ -63,6 +63,7 @@ def test_a_full_disk_at_the_start_is_one_line_and_leaves_no_partial_config(tmp_p
     assert json.loads((out / "config.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_a_full_disk_mid_run_keeps_the_last_checkpoint_whole_and_resume_finishes(tmp_path, mnist):
     from digitlab.core.config import get_preset
     from digitlab.evaluation.pipeline import train

@@ -81,6 +81,7 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path,
         get_preset("turbo")
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_resumable_checkpoint_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--preset", "fast", "--limit", "1000", "--epochs", "30", "--batch-size", "32",
@@ -271,6 +272,7 @@ def leftover_tmp_files(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_the_last_epoch_exits_130_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--preset", "fast", "--limit", "600", "--epochs", "2", "--batch-size", "64", "--test-limit",

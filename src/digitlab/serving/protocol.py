@@ -19,6 +19,7 @@ connections on shutdown.
 from __future__ import annotations
 
 import asyncio
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,5 +213,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _close_if_idle(self) -> None:
         busy = self.cycle is not None and not self.cycle.response_complete
-        if not busy and not (self._in_head and self._head_fed) and not self.transport.is_closing():
-            self.transport.close()
+        if busy or (self._in_head and self._head_fed) or self.transport.is_closing():
+            return
+        if _unread_bytes(self.transport):  # a request the loop has not read yet: closing now would reset it
+            self.loop.call_later(self.limits.drain_grace, self._close_if_idle)
+            return
+        self.transport.close()
+
+
+def _unread_bytes(transport: asyncio.Transport) -> int:
+    """Bytes waiting in the connection's receive buffer (0 when that cannot be told)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        import fcntl  # POSIX only; elsewhere the drain falls back to its grace period alone
+        import termios
+
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (ImportError, AttributeError, OSError, ValueError):
+        return 0
