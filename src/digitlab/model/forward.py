@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,19 +47,35 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 def predict_logits(
     model: nn.Module,
     images: np.ndarray,
-    batch_size: int = 1000,
+    batch_size: int = 256,
     tta: bool = False,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Logits (N, 10) in eval mode; with `tta`, the mean logits over the image and four 1-pixel shifts."""
     model.eval()
+    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
     out = []
-    for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start : start + batch_size]).to(device)
-        shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
-        logits = torch.stack([model(shift_batch(x, dx, dy)) for dx, dy in shifts]).mean(0)
-        out.append(logits.float().cpu())
+    with _channels_last(model, torch.device(device)):
+        for start in range(0, len(images), batch_size):
+            x = to_tensor(images[start : start + batch_size]).to(device)
+            logits = torch.stack([model(shift_batch(x, dx, dy)) for dx, dy in shifts]).mean(0)
+            out.append(logits.float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 10), np.float32)
+
+
+@contextmanager
+def _channels_last(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """On the CPU, oneDNN runs these convolutions about twice as fast with channels-last weights (and batches of a
+    few hundred, which stay in cache); the model is given back in its own layout, so training is unaffected."""
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    if device.type != "cpu" or all(w.is_contiguous(memory_format=torch.channels_last) for w in weights):
+        yield  # not the CPU, no convolutions, or channels-last already (as `train` makes it)
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 def load_model(run: Path | RunDir, checkpoint: str = "best", device: str | torch.device = "cpu") -> nn.Module:
