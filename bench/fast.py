@@ -23,6 +23,7 @@ from pathlib import Path
 
 from digitlab.cli.train import parse_sets
 from digitlab.core.config import TrainConfig, get_preset
+from digitlab.core.hardware import cpu_info
 from digitlab.evaluation.pipeline import train
 
 
@@ -34,6 +35,24 @@ def finished(run: Path, config: TrainConfig) -> dict | None:
     except (OSError, ValueError):
         return None
     return m if same and "test" in m else None
+
+
+def summarise(args: argparse.Namespace, changes: dict, rows: list[dict]) -> dict:
+    """The JSON written: the runs so far and their mean and spread."""
+    acc = [r["test_accuracy"] for r in rows]
+    sec = [r["train_seconds"] for r in rows]
+    return {
+        "preset": args.preset,
+        "changes": changes,
+        "seeds": [r["seed"] for r in rows],
+        "split_seed": args.split_seed,
+        "test_accuracy_mean": statistics.mean(acc),
+        "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+        "train_seconds_mean": statistics.mean(sec),
+        "train_seconds_max": max(sec),
+        "cpu": cpu_info().describe(),
+        "runs": rows,
+    }
 
 
 def main() -> None:
@@ -72,24 +91,13 @@ def main() -> None:
             total = "reused" if reused else f"total {r['total_seconds']:.1f} s"
             print(f"seed {seed}: test {r['test_accuracy']:.4%}  val {r['val_accuracy']:.4%}  "
                   f"train {r['train_seconds']:.1f} s  ({total})", flush=True)  # fmt: skip
-    acc = [r["test_accuracy"] for r in rows]
-    sec = [r["train_seconds"] for r in rows]
-    summary = {
-        "preset": args.preset,
-        "changes": changes,
-        "seeds": args.seeds,
-        "split_seed": args.split_seed,
-        "test_accuracy_mean": statistics.mean(acc),
-        "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-        "train_seconds_mean": statistics.mean(sec),
-        "train_seconds_max": max(sec),
-        "runs": rows,
-    }
+            summary = summarise(args, changes, rows)
+            if args.out:  # after each seed: a run stopped part-way keeps the seeds it finished
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{args.preset}: test {summary['test_accuracy_mean']:.4%} ± {summary['test_accuracy_std']:.4%} "
-          f"(n={len(acc)}), train {summary['train_seconds_mean']:.1f} s mean, {max(sec):.1f} s max")  # fmt: skip
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+          f"(n={len(rows)}), train {summary['train_seconds_mean']:.1f} s mean, "
+          f"{summary['train_seconds_max']:.1f} s max")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "readme-results": ("README.md", results.readme_table),
     "results-main": ("docs/results.md", results.main_table),
     "results-accurate-ablation": ("docs/results.md", results.accurate_ablation),
+    "results-cuda": ("docs/results.md", results.cuda_table),
     "realworld-main": ("docs/real-world.md", realworld.main_table),
     "realworld-stroke-width": ("docs/real-world.md", realworld.stroke_width),
     "realworld-stroke-width-robust": ("docs/real-world.md", realworld.stroke_width_robust),

@@ -289,3 +289,17 @@ def accurate_ablation() -> str:
              f"{pp(e30, e15)} for twice the time: not adopted (on the test set, too: {on_test})"],
         ],
     )  # fmt: skip
+
+
+def cuda_table() -> str:
+    """Seed-to-seed spread of `fast` and `accurate` on a GPU: 10 seeds each, each with its own validation split."""
+    rows = []
+    for recipe, name in (("fast-cuda", "`fast`"), ("accurate-cuda", "`accurate`")):
+        r, acc = bench(recipe), tests(recipe)
+        sec = [x["train_seconds"] for x in runs(recipe)]
+        rows.append([f"{name}, {len(acc)} seeds ({r['seeds'][0]}–{r['seeds'][-1]})",
+                     f"**{spread(recipe)}** ({span(acc)})", pct(val(recipe)),
+                     f"{statistics.mean(sec):.1f} s mean ({min(sec):.1f}–{max(sec):.1f} s)", params(recipe),
+                     f"`{r['command']}`"])  # fmt: skip
+    header = ["recipe (on the GPU)", "official test accuracy", "validation", "training time", "parameters", "command"]
+    return table(header, ["---", "---:", "---:", "---:", "---:", "---"], rows)
