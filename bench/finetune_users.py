@@ -105,6 +105,27 @@ def drawings(users: list[Style], per_user: int, pool: Split, picks: np.ndarray, 
     return out
 
 
+def corrections(
+    users: list[Style], n: int, confirm: float, predictor: object, pool: Split, picks: np.ndarray, seed: int
+) -> tuple[list[dict], int]:
+    """The feedback users draw (round robin, 25 each a round) until `n` of their drawings were answered wrong or
+    refused and corrected; each right answer is confirmed ("Right") with probability `confirm`. The rows stored
+    (in drawing order, up to the n-th correction) and how many drawings that took."""
+    rng, rows, drawn, wrong = np.random.default_rng([seed, 11]), [], 0, 0
+    while wrong < n:
+        batch = drawings(users, 25, pool, picks[drawn:], seed + 1000 * (drawn + 1))
+        drawn += len(batch)
+        for r, p in zip(batch, predictor.predict([r["canvas"] for r in batch]), strict=True):
+            if p.digit != r["label"]:
+                wrong += 1
+                rows.append(r)
+            elif rng.random() < confirm:
+                rows.append(r)
+            if wrong == n:
+                break
+    return rows, drawn
+
+
 def _canvas_png(canvas: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(canvas).save(buf, "PNG")
@@ -166,6 +187,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", type=Path, default=BUNDLED)
     parser.add_argument("--rows", type=int, default=200, help="feedback rows (spread over the feedback users)")
+    parser.add_argument(
+        "--corrections",
+        type=int,
+        default=0,
+        help="instead of --rows: draw until this many answers were wrong and corrected",
+    )
+    parser.add_argument(
+        "--confirm",
+        type=float,
+        default=0.0,
+        help="with --corrections: the share of right answers users confirm (stored too)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="users, digits and drawings")
     parser.add_argument("--finetune-args", default="", help="extra options for `digitlab finetune`, e.g. '--steps 300'")
     parser.add_argument("--out", type=Path, default=None)
@@ -183,6 +216,12 @@ def main() -> None:
         sets[kind] = drawings(make_users(kind, USERS[kind], args.seed), per_user[kind], pool, picks[used:], args.seed)
         used += len(sets[kind])
     sets["feedback"] = sets["feedback"][: args.rows]
+    drawn = len(sets["feedback"])
+    if args.corrections:  # the validation and test users keep the digits they have with --rows
+        users = make_users("feedback", USERS["feedback"], args.seed)
+        rest = np.concatenate([picks[: args.rows], picks[used:]])
+        predictor = Predictor.from_run(args.run, tta=False)
+        sets["feedback"], drawn = corrections(users, args.corrections, args.confirm, predictor, pool, rest, args.seed)
     print(f"drew {sum(len(v) for v in sets.values())} digits of {sum(USERS.values())} users", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="finetune-users-") as tmp:
@@ -207,7 +246,9 @@ def main() -> None:
     gain = result["test"]["after"]["accuracy"] - result["test"]["before"]["accuracy"]
     out = {
         "run": str(args.run.resolve().relative_to(REPO)) if args.run.resolve().is_relative_to(REPO) else str(args.run),
-        "seed": args.seed, "rows": stored, "users": {k: USERS[k] for k in USERS},
+        "seed": args.seed, "rows": stored, "feedback_drawn": drawn,
+        "corrections": args.corrections, "confirm": args.confirm if args.corrections else None,
+        "users": {k: USERS[k] for k in USERS},
         "per_user": per_user, "style": {"pen": PEN, "aspect": ASPECT, "slant": SLANT},
         "finetune": {"command": f"digitlab finetune RUN --feedback URL --out NEW {args.finetune_args}".strip(),
                      "seconds": round(seconds, 1), "train_seconds": f["training"]["seconds"],
