@@ -1,6 +1,7 @@
 """Fine-tuning from simulated users: does `digitlab finetune` teach the bundled model a style it reads badly?
 
     OMP_NUM_THREADS=1 python bench/finetune_users.py [RUN] [--rows 200] [--out bench/results/finetune_users.json]
+    python bench/finetune_users.py --corrections 200 --confirm 0.1 --out bench/results/finetune_corrections.json
 
 The users write with a fat marker (a round pen 18-26% of the digit's height) on a 280x280 canvas, narrow
 (width 0.6-0.85 of MNIST's) and slanted, each with their own pen, slant, width, size and browser export mode:
@@ -9,7 +10,9 @@ MNIST *training* digits (of RUN's training split, none of them in data/realworld
 
 1. --rows labelled drawings of the *feedback* users go into a temporary SQLite store through
    `FeedbackStore.add`, as the demo stores them: the 28x28 that `digitlab.data.preprocess` made, the model's answer,
-   the user's session id.
+   the user's session id. With --corrections N the store holds what a class using the demo sends instead: the
+   feedback users draw until the model has answered N of their drawings wrong (each corrected by its user), and
+   each right answer is confirmed ("Right") with probability --confirm.
 2. `digitlab finetune RUN --feedback URL --out NEW` (its default options unless given).
 3. RUN and NEW on drawings of *other* users (other MNIST digits): the *validation* users choose the defaults,
    the *test* users are the figure; each as the arg-max (with the run's TTA, as the report) and as served

@@ -42,6 +42,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "robustness-robust": ("docs/robustness.md", robustness.robust_table),
     "serving-figures": ("docs/serving.md", serving.figures),
     "finetune-users": ("docs/training.md", finetune.users_table),
+    "finetune-corrections": ("docs/training.md", finetune.corrections_table),
     "cpu-vs-reference": ("docs/cpu-speed.md", cpu.vs_reference),
     "cpu-fp32-fast": ("docs/cpu-speed.md", cpu.fast_candidates),
     "cpu-fp32-accurate": ("docs/cpu-speed.md", cpu.accurate_candidates),

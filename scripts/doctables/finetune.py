@@ -7,6 +7,8 @@ from typing import Any
 from doctables.common import bench, pct, table
 
 SEEDS = ("finetune_users", "finetune_users-seed1")  # bench/results/<name>.json: --seed 0 and --seed 1
+# --corrections 200 --confirm 0.1, --seed 0 and 1; then --confirm 0 (corrections alone), --seed 0
+CORRECTIONS = ("finetune_corrections", "finetune_corrections-seed1", "finetune_corrections-confirm0")
 
 
 def _met(ok: bool) -> str:
@@ -17,6 +19,11 @@ def _mets(targets: list[dict[str, Any]], key: str) -> str:
     """One verdict when the seeds agree ("met"), else each seed's ("met, **missed**")."""
     verdicts = [_met(bool(x[key])) for x in targets]
     return verdicts[0] if len(set(verdicts)) == 1 else ", ".join(verdicts)
+
+
+def _head(r: dict[str, Any]) -> str:
+    confirm = f" `--confirm {r['confirm']:g}`" if r.get("corrections") else ""
+    return f"`--seed {r['seed']}`{confirm}: bundled → fine-tuned"
 
 
 def _users(r: dict[str, Any], kind: str) -> str:
@@ -36,16 +43,35 @@ def _held(r: dict[str, Any]) -> str:
     return f"{pct(h['before'])} → {pct(h['after'])} ({h['n']} rows)"
 
 
+def _store(r: dict[str, Any]) -> str:
+    rows = r["rows"]
+    return (
+        f"{rows['model_wrong']} corrections + {rows['rows'] - rows['model_wrong']} confirmations "
+        f"of {r['feedback_drawn']:,} drawings"
+    )
+
+
 def users_table() -> str:
-    runs = [bench(name) for name in SEEDS]
+    """The store holds `--rows 200` drawings of the feedback users, right and wrong answers alike."""
+    return _table([bench(name) for name in SEEDS], [])
+
+
+def corrections_table() -> str:
+    """The store holds what users of the demo send: every wrong answer corrected, some right ones confirmed."""
+    runs = [bench(name) for name in CORRECTIONS]
+    return _table(runs, [["feedback stored", *(_store(r) for r in runs), "200 corrections"]])
+
+
+def _table(runs: list[dict[str, Any]], first: list[list[str]]) -> str:
     t = [r["targets"] for r in runs]
     gains = ", ".join(f"{x['test_users_gain_pp']:+.2f}" for x in t)
     drops = ", ".join(f"{-x['mnist_test_drop_pp']:+.2f}".replace("-", "−") for x in t)
     times = ", ".join(f"{r['finetune']['seconds']:.0f} s" for r in runs)
     return table(
-        ["", *(f"`--seed {r['seed']}`: bundled → fine-tuned" for r in runs), "target"],
+        ["", *(_head(r) for r in runs), "target"],
         ["---", *("---:" for _ in runs), "---"],
         [
+            *first,
             ["test users (8, 400 drawings), arg-max with TTA", *(_users(r, "test_users") for r in runs),
              f"+5 pp: {_mets(t, 'test_users_met')} ({gains} pp)"],
             ["validation users (4, 200 drawings)", *(_users(r, "validation_users") for r in runs), ""],
