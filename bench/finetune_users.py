@@ -113,7 +113,7 @@ def corrections(
 ) -> tuple[list[dict], int]:
     """The feedback users draw (round robin, 25 each a round) until `n` of their drawings were answered wrong or
     refused and corrected; each right answer is confirmed ("Right") with probability `confirm`. The rows stored
-    (in drawing order, up to the n-th correction) and how many drawings that took."""
+    (in drawing order, up to the n-th correction) and how many drawings were made (whole rounds of 25 a user)."""
     rng, rows, drawn, wrong = np.random.default_rng([seed, 11]), [], 0, 0
     while wrong < n:
         batch = drawings(users, 25, pool, picks[drawn:], seed + 1000 * (drawn + 1))
