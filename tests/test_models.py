@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from digitlab.core.errors import ConfigError
+from digitlab.model.forward import predict_logits
 from digitlab.model.networks import build_model, count_params
 from digitlab.model.tta import shift_batch
 from digitlab.training.augment import (
@@ -52,6 +53,20 @@ def test_progressive_resizing_shrinks_early_epochs_and_keeps_the_last_side():
     assert resize_for_epoch(x, [], 0) is x
     for side in (14, 16, 20, 24):  # anti-aliased: the ink's share of the image is kept, strokes not bolded
         assert abs(resize_for_epoch(x, [side], 0).mean().item() - x.mean().item()) < 0.02 * x.mean().item()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_predict_logits_gives_the_model_back_in_its_own_layout_with_the_same_logits(layout):
+    torch.manual_seed(0)
+    model = build_model("fast").eval()
+    images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8).numpy()
+    with torch.no_grad():
+        plain = model(torch.from_numpy(images).unsqueeze(1).float().div(255)).numpy()
+    model.to(memory_format=layout)
+    logits = predict_logits(model, images, batch_size=16)
+    assert abs(logits - plain).max() < 1e-4
+    conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=layout) and conv.is_contiguous() == (layout == torch.contiguous_format)
 
 
 def test_unknown_model_lists_valid_names():
