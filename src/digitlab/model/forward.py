@@ -79,7 +79,7 @@ def _channels_last(model: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 def load_model(run: Path | RunDir, checkpoint: str = "best", device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model from a run directory's checkpoint alone, in eval mode."""
+    """Rebuild the model from a run directory's checkpoint alone, in eval mode (channels-last on the CPU)."""
     rd = run if isinstance(run, RunDir) else RunDir(Path(run))
     path = rd.require().best if checkpoint == "best" else rd.last
     ckpt = load_checkpoint(path, device)
@@ -88,4 +88,7 @@ def load_model(run: Path | RunDir, checkpoint: str = "best", device: str | torch
         model.load_state_dict(ckpt["state_dict"])
     except Exception as e:  # weights that do not fit the named model
         raise RunDirError(f"cannot load checkpoint {path}: {' '.join(str(e).split())[:200]}") from None
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if torch.device(device).type == "cpu":  # the layout predict_logits wants, set once here rather than per call
+        model.to(memory_format=torch.channels_last)
+    return model

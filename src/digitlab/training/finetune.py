@@ -86,8 +86,7 @@ def fit_mixed(model: Any, feedback: tuple[np.ndarray, np.ndarray], replay: tuple
     channels_last = config.channels_last
     if channels_last is None:  # as `train` decides it
         channels_last = device.type == "cpu" and config.model in ("fast", "strided")
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)  # as `train` has it
     fb_x, fb_y = to_tensor(feedback[0]).to(device), torch.from_numpy(feedback[1]).to(device)
     rp_x, rp_y = to_tensor(replay[0]).to(device), torch.from_numpy(replay[1]).to(device)
     n_fb = ft.batch_size - round(ft.batch_size * ft.replay)
