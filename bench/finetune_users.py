@@ -148,6 +148,15 @@ def fill_store(url: str, rows: list[dict], predictor: object) -> dict[str, int]:
     return {"rows": len(rows), "model_wrong": sum(p.digit != r["label"] for r, p in zip(rows, preds, strict=True))}
 
 
+def stored_counts(url: str) -> dict[str, int]:
+    """fill_store's counts, read back from a store made before."""
+    from digitlab.data.feedback_store import FeedbackStore
+
+    with FeedbackStore.open(url, create=False) as store:
+        rows = list(store.rows())
+    return {"rows": len(rows), "model_wrong": sum(r.predicted != r.label for r in rows)}
+
+
 def score(run: Path, rows: list[dict]) -> dict[str, float]:
     """A run on drawings: arg-max of the model on the 28x28 preprocess makes (the run's TTA, as its report), and
     as served (`Predictor`, no TTA; a refusal counts as an error)."""
@@ -205,6 +214,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="users, digits and drawings")
     parser.add_argument("--finetune-args", default="", help="extra options for `digitlab finetune`, e.g. '--steps 300'")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="a SQLite file kept for the store: made when missing, else reused as it is (its "
+        "feedback users are not drawn again), e.g. to try other --finetune-args on it",
+    )
     args = parser.parse_args()
 
     from digitlab.core.hardware import cpu_info
@@ -220,7 +236,8 @@ def main() -> None:
         used += len(sets[kind])
     sets["feedback"] = sets["feedback"][: args.rows]
     drawn = len(sets["feedback"])
-    if args.corrections:  # the validation and test users keep the digits they have with --rows
+    reuse = args.store is not None and args.store.exists()
+    if args.corrections and not reuse:  # the validation and test users keep the digits they have with --rows
         users = make_users("feedback", USERS["feedback"], args.seed)
         rest = np.concatenate([picks[: args.rows], picks[used:]])
         predictor = Predictor.from_run(args.run, tta=False)
@@ -228,8 +245,12 @@ def main() -> None:
     print(f"drew {sum(len(v) for v in sets.values())} digits of {sum(USERS.values())} users", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="finetune-users-") as tmp:
-        url, new = f"sqlite:///{Path(tmp) / 'feedback.db'}", Path(tmp) / "new"
-        stored = fill_store(url, sets["feedback"], Predictor.from_run(args.run, tta=False))
+        db = Path(tmp) / "feedback.db" if args.store is None else args.store.resolve()
+        url, new = f"sqlite:///{db}", Path(tmp) / "new"
+        if reuse:
+            stored, drawn = stored_counts(url), None
+        else:
+            stored = fill_store(url, sets["feedback"], Predictor.from_run(args.run, tta=False))
         print(f"stored {stored['rows']} feedback rows ({stored['model_wrong']} the model had wrong)", flush=True)
         load_before = load_average()
         t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO / "data" / "mnist"
+
+# The framing cache (digitlab.data.framed) of the tests, CLI subprocesses included: never the user's own.
+os.environ.setdefault("DIGITLAB_CACHE", str(REPO / ".pytest_cache" / "digitlab"))
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:

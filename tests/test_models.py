@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from digitlab.core.errors import ConfigError
-from digitlab.model.forward import predict_logits
+from digitlab.model.forward import fold_batchnorm, predict_logits, predict_logits_pair
 from digitlab.model.networks import build_model, count_params
 from digitlab.model.tta import shift_batch
 from digitlab.training.augment import (
@@ -67,6 +67,35 @@ def test_predict_logits_gives_the_model_back_in_its_own_layout_with_the_same_log
     assert abs(logits - plain).max() < 1e-4
     conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1)
     assert conv.is_contiguous(memory_format=layout) and conv.is_contiguous() == (layout == torch.contiguous_format)
+
+
+def test_predict_logits_pair_is_the_tta_mean_and_the_unshifted_view():
+    torch.manual_seed(0)
+    model = build_model("fast").eval()
+    images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8).numpy()
+    with_tta, plain = predict_logits_pair(model, images, batch_size=16)
+    assert abs(with_tta - predict_logits(model, images, tta=True)).max() < 1e-5
+    assert abs(plain - predict_logits(model, images)).max() < 1e-5
+    assert abs(with_tta - plain).max() > 0.01 * abs(plain).max()  # the shifts change the logits: not one array twice
+    empty = predict_logits_pair(model, images[:0])
+    assert empty[0].shape == empty[1].shape == (0, 10)
+
+
+@pytest.mark.parametrize("name", ["fast", "strided", "seed"])
+def test_folding_batchnorm_keeps_the_logits_and_leaves_the_model_alone(name):
+    torch.manual_seed(0)
+    model = build_model(name)
+    with torch.no_grad():  # BatchNorm statistics unlike a fresh layer's, so folding has something to fold
+        model.train()
+        model(torch.rand(64, 1, 28, 28))
+    model.eval()
+    x = torch.rand(16, 1, 28, 28)
+    folded = fold_batchnorm(model)
+    with torch.no_grad():
+        assert abs(folded(x) - model(x)).max() < 1e-4 * (1 + abs(model(x)).max())
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    left = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and (len(left) < len(bns) if name != "seed" else folded is model)  # seed: ReLU sits between
 
 
 def test_unknown_model_lists_valid_names():

@@ -36,7 +36,7 @@ from digitlab.evaluation.evaluate import evaluate_run
 from digitlab.evaluation.metrics import expected_calibration_error, reliability_bins
 from digitlab.evaluation.ood_sets import FULL_SIZES, QUICK_SIZES, ood_images
 from digitlab.evaluation.refusal import SOURCE_TPR, digit_sources
-from digitlab.model.forward import load_model, pick_device, predict_logits
+from digitlab.model.forward import load_model, pick_device, predict_logits, predict_logits_pair
 from digitlab.model.scoring import OodRule, fit_temperature, ink_fraction, logit_score, nll, softmax
 
 TARGET_TPR = 0.99  # share of validation digits the OOD rule must keep
@@ -148,10 +148,12 @@ def calibrate_split(
     device: str | torch.device = "cpu",
     sizes: dict[str, int | None] | None = None,
     extra_sources: dict[str, np.ndarray] | None = None,
+    val_plain_logits: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit temperature and OOD rule on a validation split (its logits already computed, with the run's TTA)
     and write RUN/calibration.json; returns what was written. Used by the run pipeline and by `calibrate_run`.
-    `extra_sources`: more digit sources the rule must keep (name -> uint8 (N, 28, 28)), e.g. users' feedback."""
+    `extra_sources`: more digit sources the rule must keep (name -> uint8 (N, 28, 28)), e.g. users' feedback.
+    `val_plain_logits`: the validation logits without TTA, when the caller has them (else measured here)."""
     rd = run if isinstance(run, RunDir) else RunDir(Path(run))
     t0 = time.perf_counter()
     val_logits = np.asarray(val_logits, dtype=np.float64)
@@ -163,10 +165,15 @@ def calibrate_split(
     ood = {name: (logits_of(images), images) for name, images in sets.items()}
     found, used = digit_sources(val, config.data, sizes.get("digits"))
     found, used = {**found, **(extra_sources or {})}, {**used, **{k: len(v) for k, v in (extra_sources or {}).items()}}
-    sources = {name: (logits_of(images), images) for name, images in found.items()}
-    if config.tta:  # the app, API and CLI serve without TTA: the rule must keep the digits either way
-        plain = [("validation", val.images), *found.items()]
-        sources |= {f"{name} (no TTA)": (predict_logits(model, im, device=device), im) for name, im in plain}
+    if not config.tta:
+        sources = {name: (logits_of(images), images) for name, images in found.items()}
+    else:  # the app, API and CLI serve without TTA: the rule must keep the digits either way
+        if val_plain_logits is None:
+            val_plain_logits = predict_logits(model, val.images, device=device)
+        pairs = {name: predict_logits_pair(model, images, device=device) for name, images in found.items()}
+        sources = {name: (pairs[name][0], images) for name, images in found.items()}
+        sources["validation (no TTA)"] = (np.asarray(val_plain_logits), val.images)
+        sources |= {f"{name} (no TTA)": (pairs[name][1], images) for name, images in found.items()}
     _, ood_report = fit_ood(val_logits, val.images, ood, temperature, SOURCE_TPR, sources)
     kinds = ", ".join(f"{k} {v:,}" for k, v in used.items() if isinstance(v, int)) or "none"
     twice = ", each with and without TTA" if config.tta else ""

@@ -62,11 +62,18 @@ from digitlab.evaluation.calibrate import calibrate_split
 from digitlab.evaluation.evaluate import evaluate_run
 from digitlab.evaluation.refusal import MIN_SOURCE
 from digitlab.inference.export import export_onnx
-from digitlab.model.forward import device_description, load_model, pick_device, predict_logits
+from digitlab.model.forward import (
+    device_description,
+    fold_batchnorm,
+    load_model,
+    pick_device,
+    predict_logits,
+    predict_logits_pair,
+)
 from digitlab.model.networks import count_params
 from digitlab.model.scoring import rule_of
 from digitlab.training.finetune import FinetuneConfig, default_steps, fit_mixed, interpolate
-from digitlab.training.loop import _evaluate_split
+from digitlab.training.loop import split_figures
 from digitlab.training.optim import precision_choice, seed_everything
 
 __all__ = ["Feedback", "FinetuneConfig", "FinetuneResult", "finetune_run", "load_feedback", "split_by_session"]
@@ -199,7 +206,7 @@ def _build(parent: RunDir, rd: RunDir, config: Any, ft: FinetuneConfig, fb: Feed
     say(f"training {steps} steps on {len(train_idx)} feedback rows with MNIST replay")
     amp = None if precision.dtype is None else getattr(torch, precision.dtype)
     seconds, loss = fit_mixed(model, fb.take(train_idx), (replay.images, replay.labels), config, ft, steps, device,
-                              amp, teacher=before)  # fmt: skip
+                              amp, teacher=fold_batchnorm(before))  # fmt: skip
     interpolate(model, before, ft.parent_weight)
     model.eval()
     spec = _spec(parent, config, ft, fb, train_idx, held_idx, steps, per_batch)
@@ -248,7 +255,11 @@ def _finish(parent: RunDir, rd: RunDir, config: Any, before: Any, model: Any, fb
             training: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """metrics.json, calibration.json, the before/after comparison, then the test evaluation and report.md."""
     say("scoring the validation split")
-    val_figures, val_logits = _evaluate_split(model, val, device, tta=config.tta)
+    if config.tta:  # both from one pass: the rule must keep the validation digits as served (no TTA) too
+        val_logits, val_plain = predict_logits_pair(model, val.images, device=device)
+    else:
+        val_logits = val_plain = predict_logits(model, val.images, device=device)
+    val_figures = split_figures(val_logits, val.labels)
     metrics: dict[str, Any] = {
         "preset": config.preset, "model": config.model, "seed": config.seed, "params": count_params(model),
         "train_seconds": training["seconds"], "epochs": 1, "best_epoch": 1,
@@ -259,7 +270,7 @@ def _finish(parent: RunDir, rd: RunDir, config: Any, before: Any, model: Any, fb
     rd.write_json(rd.metrics, metrics)
     say("fitting the temperature and the not-a-digit rule")
     trained_on = fb.images[train_idx]  # one more digit source the rule must keep, when there are enough of them
-    calibrate_split(rd, model, val, val_logits, config, device,
+    calibrate_split(rd, model, val, val_logits, config, device, val_plain_logits=val_plain,
                     extra_sources={"feedback": trained_on} if len(trained_on) >= MIN_SOURCE else None)  # fmt: skip
     say("comparing with the parent on the feedback")
     rules = [rule_of(load_calibration(parent)), rule_of(load_calibration(rd))]

@@ -54,7 +54,9 @@ def _after_training(run: Finished, evaluate_test: bool) -> dict[str, Any]:
     metrics = run.metrics
     if run.val_logits is not None:  # temperature and "not a digit" threshold, fitted on these validation logits
         run.check()
-        calibrate_split(run.rd, run.model, run.val, run.val_logits, run.config, run.device)
+        calibrate_split(
+            run.rd, run.model, run.val, run.val_logits, run.config, run.device, val_plain_logits=run.val_plain_logits
+        )
     if evaluate_test:
         run.check()
         metrics = _evaluate_and_export(run.rd, run.check)

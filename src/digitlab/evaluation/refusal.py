@@ -39,23 +39,12 @@ def _load(name: str) -> Any:
     return load_realworld(name)
 
 
-_FRAMED: dict[tuple[str, int], np.ndarray | None] = {}  # (set, image) -> its model input (None: not "ok")
-
-
 def _framed(name: str, index: np.ndarray) -> np.ndarray:
-    """Model inputs of the images `index` of tune set `name` that `preprocess` frames as a digit (cached)."""
-    from digitlab.data.preprocess import preprocess
+    """Model inputs of the images `index` of tune set `name` that `preprocess` frames as a digit (cached on disk)."""
+    from digitlab.data.framed import framed_inputs
 
-    ds = _load(name)
-    out = []
-    for i in index.tolist():
-        if (name, i) not in _FRAMED:
-            prep = preprocess(ds.images[i])
-            _FRAMED[name, i] = prep.image if prep.status == "ok" else None
-        image = _FRAMED[name, i]
-        if image is not None:
-            out.append(image)
-    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+    images, ok = framed_inputs(name, index)
+    return images[ok]
 
 
 def _train_images(data: str) -> np.ndarray:

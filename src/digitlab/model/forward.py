@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,8 @@ from digitlab.core.errors import RunDirError
 from digitlab.core.rundir import RunDir, load_checkpoint
 from digitlab.model.networks import build_model
 from digitlab.model.tta import TTA_SHIFTS, shift_batch
+
+FOLD_FROM = 1024  # forward passes (images x TTA views) from which `fold_batchnorm` pays for its copy
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -43,7 +46,6 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).unsqueeze(1).float().div_(255)
 
 
-@torch.no_grad()
 def predict_logits(
     model: nn.Module,
     images: np.ndarray,
@@ -52,15 +54,53 @@ def predict_logits(
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Logits (N, 10) in eval mode; with `tta`, the mean logits over the image and four 1-pixel shifts."""
+    return _views(model, images, TTA_SHIFTS if tta else TTA_SHIFTS[:1], batch_size, device)[0]
+
+
+def predict_logits_pair(
+    model: nn.Module, images: np.ndarray, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits with TTA, logits without) from one pass: the unshifted view is one of the views TTA averages, so
+    scoring a set both ways (as served, and as the report) costs no more than TTA alone."""
+    return _views(model, images, TTA_SHIFTS, batch_size, device)
+
+
+@torch.no_grad()
+def _views(model: nn.Module, images: np.ndarray, shifts: tuple[tuple[int, int], ...], batch_size: int,
+           device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(mean logits over `shifts`, logits of the first shift) of uint8 (N, 28, 28) images, in eval mode."""
     model.eval()
-    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
-    out = []
+    means, firsts = [], []
     with _channels_last(model, torch.device(device)):
+        if len(images) * len(shifts) >= FOLD_FROM and torch.device(device).type == "cpu":
+            model = fold_batchnorm(model)
         for start in range(0, len(images), batch_size):
             x = to_tensor(images[start : start + batch_size]).to(device)
-            logits = torch.stack([model(shift_batch(x, dx, dy)) for dx, dy in shifts]).mean(0)
-            out.append(logits.float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 10), np.float32)
+            views = torch.stack([model(shift_batch(x, dx, dy)) for dx, dy in shifts]).float()
+            means.append(views.mean(0).cpu())
+            firsts.append(views[0].cpu())
+    if not means:
+        return np.zeros((0, 10), np.float32), np.zeros((0, 10), np.float32)
+    return torch.cat(means).numpy(), torch.cat(firsts).numpy()
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of `model` (in eval mode) with each BatchNorm2d folded into the Conv2d before it in a Sequential:
+    one pass over each feature map fewer, 1.3-1.6x the CPU throughput of these networks for a few ms of copying
+    (hence only for big sets). A model with no such pair is returned as it is."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    pairs = [(seq, i) for seq in model.modules() if isinstance(seq, nn.Sequential) for i in range(len(seq) - 1)
+             if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d)]  # fmt: skip
+    if not pairs:
+        return model
+    folded = copy.deepcopy(model)
+    for seq in folded.modules():
+        if isinstance(seq, nn.Sequential):
+            for i in range(len(seq) - 1):
+                if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                    seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
+    return folded
 
 
 @contextmanager

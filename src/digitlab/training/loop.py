@@ -32,7 +32,14 @@ from digitlab.core.errors import ConfigError, RunDirError, StorageError
 from digitlab.core.hardware import cpu_info
 from digitlab.core.rundir import RunDir, save_weights
 from digitlab.data.datasets import Dataset, Split, load_dataset, split_data
-from digitlab.model.forward import device_description, load_model, pick_device, predict_logits, to_tensor
+from digitlab.model.forward import (
+    device_description,
+    load_model,
+    pick_device,
+    predict_logits,
+    predict_logits_pair,
+    to_tensor,
+)
 from digitlab.model.networks import build_model, count_params
 from digitlab.training.augment import augment_batch
 from digitlab.training.checkpointing import (
@@ -51,7 +58,7 @@ from digitlab.training.outliers import OUTLIER, POOL, exposure_loss, letter_pool
 from digitlab.training.restroke import glyph_pool, pen_pool
 from digitlab.training.stopping import Interrupted, StopRequest, stop_on_signals
 
-__all__ = ["Finished", "Interrupted", "Reporter", "TrainResult", "run_training"]
+__all__ = ["Finished", "Interrupted", "Reporter", "TrainResult", "run_training", "split_figures"]
 
 
 class Reporter(Protocol):
@@ -79,6 +86,7 @@ class Finished:
     model: nn.Module  # the best checkpoint, loaded back, in eval mode on `device`
     val: Split
     val_logits: np.ndarray | None  # the model's logits on `val` (with the run's TTA); None when `val` is empty
+    val_plain_logits: np.ndarray | None  # the same without TTA
     device: torch.device
     metrics: dict[str, Any]  # metrics.json as written: the training and validation figures
     check: Callable[[], None]  # raises Interrupted when a stop was requested: call it between steps
@@ -374,10 +382,13 @@ def _evaluate_split(
 ) -> tuple[dict[str, float], np.ndarray]:
     """Loss and accuracy on a labelled split, and the logits they came from."""
     logits = predict_logits(model, split.images, tta=tta, device=device)
-    t, labels = torch.from_numpy(logits), torch.from_numpy(split.labels)
-    loss = F.cross_entropy(t, labels).item()
-    acc = (t.argmax(1) == labels).float().mean().item()
-    return {"loss": loss, "accuracy": acc}, logits
+    return split_figures(logits, split.labels), logits
+
+
+def split_figures(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Loss (cross-entropy) and accuracy of logits (N, K) on labels (N,)."""
+    t, y = torch.from_numpy(np.asarray(logits)), torch.from_numpy(np.asarray(labels))
+    return {"loss": F.cross_entropy(t, y).item(), "accuracy": (t.argmax(1) == y).float().mean().item()}
 
 
 # --------------------------------------------------------------------------------------------- the end
@@ -417,15 +428,18 @@ def finish_run(s: _Session, distributed: dict[str, Any] | None, after: After | N
     check = lambda: s.stop.check(str(rd.root))  # noqa: E731
     best = load_model(rd, device=device)
     val: dict[str, Any] = {"accuracy": None, "loss": None}
-    logits = None
+    logits = plain = None
     if len(s.val_split):
-        val, logits = _evaluate_split(best, s.val_split, device, tta=config.tta)
-        val.update(n=len(s.val_split), tta=config.tta)
+        if config.tta:  # both from one pass: calibration and the ablation want the logits without TTA too
+            logits, plain = predict_logits_pair(best, s.val_split.images, device=device)
+        else:
+            logits = plain = predict_logits(best, s.val_split.images, device=device)
+        val = {**split_figures(logits, s.val_split.labels), "n": len(s.val_split), "tta": config.tta}
     metrics = {"preset": config.preset, "model": config.model, "seed": config.seed, "params": count_params(s.final),
                "train_seconds": round(s.state.train_seconds, 3), "epochs": s.state.epoch,
                "best_epoch": s.state.best_epoch, "val": val, "torch": torch.__version__,
                "device": device_description(device), **s.hardware, "threads": torch.get_num_threads()}  # fmt: skip
-    ablation = _val_ablation(s, best) if len(s.val_split) else {}
+    ablation = _val_ablation(s, plain) if plain is not None else {}
     if ablation:
         metrics["val_ablation"] = ablation
     if distributed:
@@ -434,14 +448,15 @@ def finish_run(s: _Session, distributed: dict[str, Any] | None, after: After | N
     rd.write_json(rd.metrics, metrics)
     if after is None:
         return metrics
-    return after(Finished(rd, config, best, s.val_split, logits, device, metrics, check))
+    return after(Finished(rd, config, best, s.val_split, logits, plain, device, metrics, check))
 
 
-def _val_ablation(s: _Session, best: nn.Module) -> dict[str, float]:
-    """Validation accuracy without test-time augmentation and without the EMA (the raw final weights)."""
+def _val_ablation(s: _Session, plain_logits: np.ndarray) -> dict[str, float]:
+    """Validation accuracy without test-time augmentation (from the best model's logits without it) and without
+    the EMA (the raw final weights)."""
     ablation = {}
     if s.config.tta:
-        ablation["without_tta"] = _evaluate_split(best, s.val_split, s.device)[0]["accuracy"]
+        ablation["without_tta"] = float(np.mean(plain_logits.argmax(1) == s.val_split.labels))
     if s.ema is not None:
         ablation["without_ema"] = _evaluate_split(s.model, s.val_split, s.device, tta=s.config.tta)[0]["accuracy"]
     return ablation
