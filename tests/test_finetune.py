@@ -131,7 +131,7 @@ def test_held_out_split_is_by_whole_sessions():
 
 
 def test_default_steps_scale_with_the_feedback():
-    assert default_steps(16, 32) == 50 and default_steps(160, 32) == 200 and default_steps(10_000, 32) == 500
+    assert default_steps(16, 32) == 50 and default_steps(400, 32) == 175 and default_steps(10_000, 32) == 500
 
 
 def test_distillation_is_zero_on_the_parents_own_answers_and_grows_away_from_them():

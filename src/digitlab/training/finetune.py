@@ -18,12 +18,12 @@ __all__ = ["FEEDBACK_PASSES", "LR_SCALE", "MIN_ROWS", "REPLAY", "STEPS_RANGE", "
 
 MIN_ROWS = 20  # fewer feedback rows than this teach nothing measurable, and leave no validation to speak of
 LR_SCALE = 0.1  # fine-tuning lr = RUN's (peak) lr times this
-REPLAY = 0.5  # share of each batch drawn from RUN's MNIST training split
+REPLAY = 0.75  # share of each batch drawn from RUN's MNIST training split
 PARENT_WEIGHT = 0.25  # share of RUN's weights in the ones kept (the rest: the fine-tuned weights)
 DISTILL = 1.0  # weight of the replay images' distillation loss towards RUN's own answers (0: hard labels only)
 DISTILL_T = 2.0  # softmax temperature of that loss (Hinton et al. 2015)
 STYLE = 0.0  # the feedback images' slant and width jitter (augment.style_jitter; 0: off)
-FEEDBACK_PASSES = 40  # default steps: this many passes over the feedback trained on ...
+FEEDBACK_PASSES = 14  # default steps: this many passes over the feedback trained on ...
 STEPS_RANGE = (50, 500)  # ... within these bounds
 WARMUP_FRAC = 0.1
 
