@@ -247,10 +247,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="finetune-users-") as tmp:
         db = Path(tmp) / "feedback.db" if args.store is None else args.store.resolve()
         url, new = f"sqlite:///{db}", Path(tmp) / "new"
+        drawn_file = db.with_name(db.name + ".drawn")  # how many drawings made the kept store
         if reuse:
-            stored, drawn = stored_counts(url), None
+            stored, drawn = stored_counts(url), int(drawn_file.read_text()) if drawn_file.is_file() else None
         else:
             stored = fill_store(url, sets["feedback"], Predictor.from_run(args.run, tta=False))
+            if args.store is not None:
+                drawn_file.write_text(f"{drawn}\n")
         print(f"stored {stored['rows']} feedback rows ({stored['model_wrong']} the model had wrong)", flush=True)
         load_before = load_average()
         t0 = time.perf_counter()
