@@ -20,9 +20,7 @@ import numpy as np
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
 from PIL import Image
-from schemathesis import GenerationMode
 
 from conftest import REPO, run_cli
 from digitlab.cli.feedback import serve_feedback_db
@@ -31,7 +29,7 @@ from digitlab.data.feedback_store import FeedbackStore
 from digitlab.inference.predict import Predictor
 from digitlab.serving.api import create_app
 from digitlab.serving.settings import API_KEY_ENV, ApiSettings
-from test_api import FUZZ_EXAMPLES, OPERATIONS, check_error, free_port, png_header, to_png, wait_ready
+from test_api import OPERATIONS, check_error, free_port, png_header, run_fuzz, to_png, wait_ready
 
 FEEDBACK_OPERATIONS = [
     ("POST", "/v1/feedback"),
@@ -251,23 +249,7 @@ FUZZ_RUNS = [(m, p, mode) for m, p in FEEDBACK_OPERATIONS for mode in ("positive
 
 @pytest.mark.parametrize(("method", "path", "mode"), FUZZ_RUNS, ids=[f"{m} {p} {mode}" for m, p, mode in FUZZ_RUNS])
 def test_fuzz_feedback_no_5xx_and_responses_match_the_schema(fuzz_schema, method, path, mode):
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (
-        content_type_conformance,
-        response_schema_conformance,
-        status_code_conformance,
-    )
-
-    op = fuzz_schema[path][method]
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-
-    @given(case=op.as_strategy(generation_mode=GenerationMode(mode)))
-    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-              database=None)  # fmt: skip
-    def fuzz(case):
-        case.call_and_validate(checks=checks)
-
-    fuzz()
+    run_fuzz(fuzz_schema, method, path, mode)
 
 
 # ------------------------------------------------------------------------------------------------ digitlab serve
