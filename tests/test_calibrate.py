@@ -183,3 +183,22 @@ def test_corrupted_source_is_the_splits_digits_under_every_corruption_as_served(
     expected = preprocess_array(corrupt(val.images[stripe :: len(names)][:4], "stripe", VALIDATION_SEED)[0]).image
     assert any(np.array_equal(expected, im) for im in framed)
     assert not any(np.array_equal(expected, im) for im in corrupted_source(val, limit=stripe))  # only the first
+
+
+def test_corrupted_digits_are_one_source_per_corruption_when_each_has_enough(mnist, monkeypatch):
+    from digitlab.data.corruptions import CORRUPTIONS
+    from digitlab.evaluation import refusal
+
+    val = mnist.train.subset(np.arange(150))
+    monkeypatch.setattr(refusal, "MIN_SOURCE", 5)
+    per, report = refusal._corrupted(val, None)  # 10 digits a corruption: each its own source
+    assert list(per) == [f"corrupted:{name}" for name in CORRUPTIONS]
+    assert report == {k: len(v) for k, v in per.items()} and min(report.values()) >= 5
+    assert np.array_equal(np.concatenate(list(per.values())), refusal.corrupted_source(val))
+    pooled, report = refusal._corrupted(val, 45)  # 3 a corruption: too few apart, pooled
+    assert list(pooled) == ["corrupted"] and 40 <= report["corrupted"] <= 45
+    monkeypatch.setattr(refusal, "MIN_SOURCE", 100)
+    assert refusal._corrupted(val, 45) == (
+        {},
+        {"corrupted": f"left out: only {report['corrupted']} validation digits framed"},
+    )

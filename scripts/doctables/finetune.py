@@ -65,7 +65,7 @@ def corrections_table() -> str:
 def _table(runs: list[dict[str, Any]], first: list[list[str]]) -> str:
     t = [r["targets"] for r in runs]
     gains = ", ".join(f"{x['test_users_gain_pp']:+.2f}" for x in t)
-    drops = ", ".join(f"{-x['mnist_test_drop_pp']:+.2f}".replace("-", "−") for x in t)
+    drops = ", ".join(f"{-x['mnist_test_drop_pp'] + 0.0:+.2f}".replace("-", "−") for x in t)  # + 0.0: no "−0.00"
     times = ", ".join(f"{r['finetune']['seconds']:.0f} s" for r in runs)
     return table(
         ["", *(_head(r) for r in runs), "target"],

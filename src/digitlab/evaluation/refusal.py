@@ -5,8 +5,9 @@ digits users actually send (canvas strokes, photos, fonts, low-resolution scans,
 lower. `calibrate.fit_ood` therefore sets the threshold so that it keeps SOURCE_TPR of *each* source: MNIST
 validation and the `*-tune` sets in data/realworld/ (made by scripts/make_realworld.py from the validation digits
 of the bundled run's split, and from fonts the reported sets do not use), and the run's validation digits under the
-robustness suite's corruptions (validation seed), framed by `preprocess` as served. Only digits in the run's own
-validation split are used (matched by their pixels), so a run never fits its rule on images it trained on.
+robustness suite's corruptions (validation seed; each corruption its own source when it has MIN_SOURCE digits),
+framed by `preprocess` as served. Only digits in the run's own validation split are used (matched by their
+pixels), so a run never fits its rule on images it trained on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import numpy as np
 from digitlab.core.errors import DataError
 from digitlab.data.datasets import Split
 
-__all__ = ["CORRUPTED", "MIN_SOURCE", "SOURCE_TPR", "TUNE_SETS", "corrupted_source", "digit_sources"]
+__all__ = [
+    "CORRUPTED",
+    "MIN_SOURCE",
+    "SOURCE_TPR",
+    "TUNE_SETS",
+    "corrupted_source",
+    "corrupted_sources",
+    "digit_sources",
+]
 
 TUNE_SETS = ("canvas-tune", "photo-tune", "fonts-tune", "lowres-tune", "pen-tune", "page-tune")
 SOURCE_TPR = 0.997  # share of every digit source the rule keeps while fitting: >= 99.5% on held-out digits
@@ -57,31 +66,46 @@ def corrupted_source(val: Split, limit: int | None = None) -> np.ndarray:
     """Model inputs of the first `limit` digits of `val`, digit i under the suite's corruption i mod 15 (seeded
     with VALIDATION_SEED), as `preprocess_array` frames them (those it finds empty are left out): what the API
     is sent when a scan is noisy, blurred, smudged or crossed by lines."""
+    parts = list(corrupted_sources(val, limit).values())
+    return np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.uint8)
+
+
+def corrupted_sources(val: Split, limit: int | None = None) -> dict[str, np.ndarray]:
+    """`corrupted_source` by corruption: {corruption name: its framed model inputs}, in the suite's order."""
     from digitlab.data.corruptions import CORRUPTIONS, VALIDATION_SEED, corrupt
     from digitlab.data.preprocess import preprocess_array
 
     images = val.images[:limit]
-    out = []
+    out = {}
     for k, name in enumerate(CORRUPTIONS):
-        for im in corrupt(images[k :: len(CORRUPTIONS)], name, VALIDATION_SEED):
-            prep = preprocess_array(im)
-            if prep.status == "ok":
-                out.append(prep.image)
-    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
+        framed = [p.image for p in map(preprocess_array, corrupt(images[k :: len(CORRUPTIONS)], name, VALIDATION_SEED))
+                  if p.status == "ok"]  # fmt: skip
+        out[name] = np.stack(framed) if framed else np.zeros((0, 28, 28), np.uint8)
+    return out
+
+
+def _corrupted(val: Split, limit: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The corrupted digit sources: one per corruption when each has MIN_SOURCE digits (the rule then keeps
+    SOURCE_TPR of the hardest, zigzags), else all of them pooled as one, or none."""
+    per = corrupted_sources(val, limit)
+    if min(len(v) for v in per.values()) >= MIN_SOURCE:
+        named = {f"{CORRUPTED}:{name}": images for name, images in per.items()}
+        return named, {k: len(v) for k, v in named.items()}
+    pooled = np.concatenate(list(per.values()))
+    if len(pooled) < MIN_SOURCE:
+        return {}, {CORRUPTED: f"left out: only {len(pooled)} validation digits framed"}
+    return {CORRUPTED: pooled}, {CORRUPTED: len(pooled)}
 
 
 def digit_sources(val: Split, data: str, limit: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Model inputs (uint8 (N, 28, 28)) of each digit source: the run's corrupted validation digits
-    (`corrupted_source`) and each tune set, keeping only digits of `val` (images from the MNIST training split
-    that are in the run's validation split; font glyphs always), at most `limit` per source.
+    (`_corrupted`: by corruption, or pooled when there are few) and each tune set, keeping only digits of `val`
+    (images from the MNIST training split that are in the run's validation split; font glyphs always), at most
+    `limit` per source.
 
     Returns ({name: inputs}, report); sets missing, or with fewer than MIN_SOURCE digits, are left out and
     said so in the report. Runs on other data than MNIST get no tune sets (they are MNIST digits)."""
-    corrupted = corrupted_source(val, limit)
-    if len(corrupted) < MIN_SOURCE:
-        sources, report = {}, {CORRUPTED: f"left out: only {len(corrupted)} validation digits framed"}
-    else:
-        sources, report = {CORRUPTED: corrupted}, {CORRUPTED: len(corrupted)}
+    sources, report = _corrupted(val, limit)
     if data != "mnist":
         return sources, {**report, "skipped": f"tune sets are MNIST digits; the run's data is {data}"}
     wanted = {_digest(im) for im in val.images}
