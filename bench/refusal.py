@@ -8,7 +8,9 @@ lowres, pen, page), 1,000 glyphs of the reported handwriting fonts drawn with a 
 `synth.thick_font_set`) and 2,000 MNIST test digits through `Predictor.predict` (the path `digitlab predict` and the
 API take, without test-time augmentation), and the AUROC of the run's "not a digit" score, digits (MNIST test,
 and every source pooled) against the test-side out-of-distribution sets (Fashion-MNIST test, noise, letters in
-other fonts). Only public APIs are used, so the same script measures an older checkout. Each label's figures
+other fonts), as 28x28 arrays straight to the model and, as a user uploading them gets them, through
+`Predictor.predict` ("ood_served": empty, not a digit, answered and the answers' median confidence). Only public
+APIs are used, so the same script measures an older checkout. Each label's figures
 go into bench/results/realworld-refusal.json (other labels are kept).
 """
 
@@ -78,6 +80,29 @@ def auroc(rule, logits_of, digits: np.ndarray, ood: dict[str, np.ndarray]) -> di
     return result
 
 
+def served_ood(predictor, rule, digits: np.ndarray, ood: dict[str, np.ndarray]) -> dict[str, dict]:
+    """What a user uploading each out-of-distribution set gets: `Predictor.predict`'s answers (framed by
+    `preprocess` first, as served), and the AUROC of the rule's score, MNIST test digits as served against
+    these (an image found empty scores lowest)."""
+    from sklearn.metrics import roc_auc_score
+
+    inside = rule.digit_score(predictor.logits_array(digits), digits)
+    out = {}
+    for name, images in ood.items():
+        preds = predictor.predict(list(images))
+        status = np.array([p.status for p in preds])
+        inputs = np.stack([p.input for p in preds])
+        score = rule.digit_score(predictor.logits_array(inputs), inputs)
+        outside = np.where(status == "empty", min(inside.min(), score.min()) - 1.0, score)
+        answered = [max(p.probabilities) for p, s in zip(preds, status, strict=True) if s == "ok"]
+        y = np.r_[np.ones(len(inside)), np.zeros(len(outside))]
+        out[name] = {"empty": float(np.mean(status == "empty")), "not_a_digit": float(np.mean(status == "not_a_digit")),
+                     "answered": float(np.mean(status == "ok")),
+                     "median_confidence_answered": float(np.median(answered)) if answered else None,
+                     "auroc": float(roc_auc_score(y, np.r_[inside, outside]))}  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=None, help="run directory (default: the bundled fast model)")
@@ -121,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_refused": max(s["refused"] for s in sources.values()),
         "auroc_mnist_test": auroc(rule, predictor.logits_array, framed[0], ood) if rule else None,
         "auroc_all_sources": auroc(rule, predictor.logits_array, np.concatenate(framed), ood) if rule else None,
+        "ood_served": served_ood(predictor, rule, framed[0], ood) if rule else None,
         "ood_data": described, "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     doc = json.loads(args.out.read_text()) if args.out.exists() else {}

@@ -37,6 +37,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "realworld-stroke-width": ("docs/real-world.md", realworld.stroke_width),
     "realworld-stroke-width-robust": ("docs/real-world.md", realworld.stroke_width_robust),
     "realworld-confidence": ("docs/real-world.md", realworld.confidence),
+    "realworld-other-corruptions": ("docs/real-world.md", realworld.other_corruptions),
     "robustness-fast": ("docs/robustness.md", robustness.fast_table),
     "robustness-recipe": ("docs/robustness.md", robustness.recipe),
     "robustness-robust": ("docs/robustness.md", robustness.robust_table),

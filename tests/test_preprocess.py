@@ -522,6 +522,21 @@ def test_near_empty_inputs_are_empty(name, image):
     assert out.image.shape == (28, 28) and out.image.dtype == np.uint8
 
 
+def test_a_digit_in_heavy_noise_is_not_empty(mnist):
+    # Noise of 80-100 grey levels a pixel: each pixel is under 6 sigmas of ink, the strokes are plain to see
+    rng = np.random.default_rng(7)
+    digits = mnist.train.images[:40]
+    for sigma in (80, 100):
+        noisy = [(d + rng.normal(0, sigma, d.shape)).clip(0, 255).astype(np.uint8) for d in digits]
+        empty = [preprocess_array(im).status == "empty" for im in noisy]
+        assert np.mean(empty) <= (0.05 if sigma == 80 else 0.25), sigma
+        assert not clean._coherent(np.zeros((28, 28), np.float32))
+    grey = rng.normal(128, 40, (10, 200, 200)).clip(0, 255).astype(np.uint8)  # noise alone, however strong
+    assert all(preprocess_array(im).status == "empty" for im in grey)
+    uniform = (rng.random((10, 28, 28)) * 255).astype(np.uint8)
+    assert all(preprocess_array(im).status == "empty" for im in uniform)
+
+
 @pytest.mark.parametrize("width", [2, 14])
 def test_a_one_is_not_a_line(width):
     out = preprocess(_canvas(lambda d: d.line((140, 40, 125, 240), fill=255, width=width)))

@@ -93,14 +93,42 @@ def confidence() -> str:
             [f"test NLL / ECE after temperature scaling (T = {test['temperature']:.2f})",
              f"{test['nll']:.4f} / {pct(test['ece'])} (validation ECE {pct(cal['ece_before'])} → "
              f"{pct(cal['ece_after'])})"],
-            ['"not a digit" AUROC, MNIST test vs Fashion-MNIST test / uniform noise / rendered letters (served path, '
-             "no TTA)", f"{auroc['fashion_mnist']:.3f} / {auroc['noise']:.3f} / **{auroc['letters']:.3f}** "
-             "(`bench/refusal.py`)"],
+            ['"not a digit" AUROC, MNIST test (served) vs Fashion-MNIST test / uniform noise / rendered letters '
+             "(28×28 arrays), no TTA",
+             f"{auroc['fashion_mnist']:.3f} / {auroc['noise']:.3f} / **{auroc['letters']:.3f}** (`bench/refusal.py`)"],
             ["the same with TTA (`digitlab calibrate`)",
              f"{tta['fashion_mnist']:.3f} / {tta['noise']:.3f} / {tta['letters']:.3f}"],
             ["valid digits refused, per source (MNIST test, canvas, photo, fonts, lowres, pen, page, thick-font)",
-             f"at most {pct(served['max_refused'])} (`bench/results/realworld-refusal.json`, label `robust`)"],
-            ["what the rule refuses of its fitting sets",
+             ("none" if served["max_refused"] == 0 else f"at most {pct(served['max_refused'])}")
+             + " (`bench/results/realworld-refusal.json`, label `robust`)"],
+            ["what the rule refuses of its fitting sets (28×28 arrays straight to the model)",
              f"Fashion-MNIST {pct(fit['fashion_mnist'], 1)}, noise {refused}, letters {pct(fit['letters'], 1)}"],
+            ["the test-side sets uploaded as pictures (served path): refused (empty + not a digit), the answers' "
+             "median confidence, AUROC", _served_ood(served["ood_served"])],
         ],
     )  # fmt: skip
+
+
+def _served_ood(served: dict[str, dict[str, Any]]) -> str:
+    cells = []
+    for key, label in (("fashion_mnist", "Fashion-MNIST"), ("noise", "noise"), ("letters", "letters")):
+        o = served[key]
+        conf = o["median_confidence_answered"]
+        cells.append(f"{label} {pct(o['empty'] + o['not_a_digit'], 1)}" + (f", {pct(conf, 0)}" if conf else "")
+                     + f", {o['auroc']:.3f}")  # fmt: skip
+    return "; ".join(cells)
+
+
+def other_corruptions() -> str:
+    doc = bench("other-corruptions")["labels"]
+    before, after = doc["before"]["corruptions"], doc["after"]["corruptions"]
+
+    def cell(key: str, name: str) -> str:
+        a, b = before[name][key], after[name][key]
+        return pct(b) if abs(a - b) < 5e-4 else f"{pct(a)} → **{pct(b)}**"
+
+    return table(
+        ["validation digits, served (never fitted on)", "empty", "not a digit", "read"],
+        ["---", "---:", "---:", "---:"],
+        [[name, cell("empty", name), cell("not_a_digit", name), cell("read", name)] for name in after],
+    )

@@ -21,6 +21,7 @@ BG_SIDE = 64  # the background envelope is estimated on an image this big: strok
 BG_FLAT = 0.06  # background variation along the border below this is treated as a flat (constant) background
 BG_CLEAN = 0.02  # a border varying less than this (a clean canvas or scan) is flat without estimating anything
 MIN_SNR = 6.0  # ... nor ink that is less than this many noise sigmas above the paper
+COHERENT_SNR = 3.5  # ... unless, averaged over 3x3 pixels, it is this many (noise alone: under 2)
 NOISE_FLOOR = 0.15  # after stretching ink to 1, values below this (or 4 noise sigmas) become 0
 SPECK_KEEP = 0.15  # components with at least this share of the largest one's ink mass are always kept
 SPECK_NEAR = 0.02  # smaller ones down to this share are kept when they sit next to the digit (broken strokes)
@@ -223,7 +224,7 @@ def clean_ink(r: np.ndarray, scale: float) -> Ink:
     sigma = min(sigma, _step_noise(r)) if sigma > 0 else sigma
     peak = float(r.max())
     contrast = median(r[r >= 0.5 * peak]) if peak > 0 else 0.0
-    if contrast < MIN_CONTRAST or contrast < MIN_SNR * sigma:
+    if contrast < MIN_CONTRAST or (contrast < MIN_SNR * sigma and not _coherent(r)):
         return Ink(np.zeros_like(r), scale, max(contrast, 0.0), 0)
     # Stretch so the typical strong ink is 1 (MNIST's cores are saturated), then cut the paper's noise.
     x = r / contrast
@@ -231,6 +232,18 @@ def clean_ink(r: np.ndarray, scale: float) -> Ink:
     x[x < min(0.5, max(NOISE_FLOOR, 4 * sigma / contrast))] = 0
     ink, n_components, specks = _remove_specks(x)
     return Ink(ink, scale, contrast, n_components, specks)
+
+
+def _coherent(r: np.ndarray) -> bool:
+    """Whether ink too faint for its noise pixel by pixel stands out of the paper once averaged over 3x3 pixels:
+    strokes are wider than a pixel and keep their level, independent noise drops to a third (a digit in heavy
+    noise). The paper's level is the averaged image's median, so noise alone, however bright, does not."""
+    s = ndi.uniform_filter(r, size=3, mode="nearest")
+    s -= median(s)
+    peak = float(s.max())
+    contrast = median(s[s >= 0.5 * peak]) if peak > 0 else 0.0
+    # (`_noise`, not `_step_noise`: neighbours of an averaged image differ by little whatever the noise)
+    return contrast >= MIN_CONTRAST and contrast >= COHERENT_SNR * _noise(s)
 
 
 def _noise(r: np.ndarray) -> float:
