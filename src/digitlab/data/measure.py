@@ -22,6 +22,8 @@ EMPTY_MIN_SIDE_FRAC = 0.04  # ink box's longer side vs the image's shorter side
 EMPTY_MIN_FRACTION = 0.0005  # ink pixels vs the square of the image's shorter side
 DIGIT_MIN_PX = 16  # ... but a mark this many source px long is never too small: a small digit on a big page
 DOT_RATIO = 2.0  # a mark no longer than this many stroke widths is a dot (a blob has no strokes)
+DOT_MAX_FRAC = 0.5  # ... when it is also shorter than this share of the picture: a digit-sized blob (a fat
+# marker filling every loop) goes to the model, which may say "not a digit", instead of being called empty
 LINE_STRAIGHT = 0.2  # minor/major spread of the ink below this: a straight stroke
 LINE_MAX_TILT = 60.0  # a straight stroke tilted more than this from vertical is a line, not a "1"
 
@@ -105,7 +107,7 @@ def ink_stats(ink: np.ndarray, *, contrast: float = 1.0) -> InkStats:
     """Measure a cleaned white-on-black image (float in [0, 1] or uint8) and decide whether it is empty.
 
     Empty: no ink or too faint, a mark shorter than DIGIT_MIN_PX that is also tiny next to the picture (box or
-    area), a dot (no longer than two stroke widths), or one
+    area), a dot (no longer than two stroke widths, and under half the picture), or one
     straight stroke tilted more than LINE_MAX_TILT degrees from vertical (a line, not a digit; an upright one is a 1).
     """
     a = np.asarray(ink, dtype=np.float32)
@@ -139,7 +141,7 @@ def ink_stats_of(a: np.ndarray, contrast: float, n_comp: int | None, scale: floa
         reason = "ink too small"
     elif small and n_ink < EMPTY_MIN_FRACTION * short_side**2:
         reason = "too little ink"
-    elif longer <= DOT_RATIO * sw:
+    elif longer <= DOT_RATIO * sw and longer < DOT_MAX_FRAC * short_side:
         reason = "a single dot"
     elif n_ink >= 3 and _is_tilted_line(crop):
         reason = "a single line"
