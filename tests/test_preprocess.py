@@ -539,7 +539,7 @@ def test_a_digit_in_heavy_noise_is_not_empty(mnist):
         noisy = [(d + rng.normal(0, sigma, d.shape)).clip(0, 255).astype(np.uint8) for d in digits]
         empty = [preprocess_array(im).status == "empty" for im in noisy]
         assert np.mean(empty) <= (0.05 if sigma == 80 else 0.25), sigma
-        assert not clean._coherent(np.zeros((28, 28), np.float32))
+    assert not clean._coherent(np.zeros((28, 28), np.float32))
     grey = rng.normal(128, 40, (10, 200, 200)).clip(0, 255).astype(np.uint8)  # noise alone, however strong
     assert all(preprocess_array(im).status == "empty" for im in grey)
     uniform = (rng.random((10, 28, 28)) * 255).astype(np.uint8)

@@ -222,8 +222,7 @@ def clean_ink(r: np.ndarray, scale: float) -> Ink:
     """`prepare` from the ink's rise above the paper `r` (white-on-black, paper at 0) on."""
     sigma = _noise(r)
     sigma = min(sigma, _step_noise(r)) if sigma > 0 else sigma
-    peak = float(r.max())
-    contrast = median(r[r >= 0.5 * peak]) if peak > 0 else 0.0
+    contrast = _contrast(r)
     if contrast < MIN_CONTRAST or (contrast < MIN_SNR * sigma and not _coherent(r)):
         return Ink(np.zeros_like(r), scale, max(contrast, 0.0), 0)
     # Stretch so the typical strong ink is 1 (MNIST's cores are saturated), then cut the paper's noise.
@@ -240,10 +239,15 @@ def _coherent(r: np.ndarray) -> bool:
     noise). The paper's level is the averaged image's median, so noise alone, however bright, does not."""
     s = ndi.uniform_filter(r, size=3, mode="nearest")
     s -= median(s)
-    peak = float(s.max())
-    contrast = median(s[s >= 0.5 * peak]) if peak > 0 else 0.0
+    contrast = _contrast(s)
     # (`_noise`, not `_step_noise`: neighbours of an averaged image differ by little whatever the noise)
     return contrast >= MIN_CONTRAST and contrast >= COHERENT_SNR * _noise(s)
+
+
+def _contrast(r: np.ndarray) -> float:
+    """The typical strong ink of `r` above the paper (0): the median of what reaches half its peak."""
+    peak = float(r.max())
+    return median(r[r >= 0.5 * peak]) if peak > 0 else 0.0
 
 
 def _noise(r: np.ndarray) -> float:
